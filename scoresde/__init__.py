@@ -1,0 +1,12 @@
+"""scoresde: score-based generative modeling through SDEs, with every sampler measured
+against exact answers."""
+from . import data
+from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
+from .sde import SDE, AffineSDE, CosineVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
+    "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data",
+]

@@ -1,0 +1,194 @@
+"""`ScoreModel`: a network (or an analytic oracle) served as score, eps, x0 or v for an SDE.
+
+Whatever the network predicts, every conversion goes through the pair (eps, x0) of an affine SDE
+x_t = alpha x0 + sigma eps (DESIGN.md): score = -eps / sigma, v = alpha eps - sigma x0.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+from ._utils import Time, as_time, check_choice, expand_as_batch
+from .sde import SDE, AffineSDE
+
+__all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS"]
+
+PREDICTIONS = ("score", "eps", "x0", "v", "edm")
+#: what the network sees as its time input: t itself, DDPM's 999 t, sigma(t), log sigma(t), or
+#: EDM's c_noise = log(sigma / alpha) / 4 (the default, and only sensible choice, for "edm")
+TIME_INPUTS = ("t", "999t", "sigma", "log_sigma", "c_noise")
+
+
+class ScoreModel(torch.nn.Module):
+    """Wraps `net(x_in, t_in, **cond)` for `sde` and serves `score`, `eps`, `x0`, `v`.
+
+    Args:
+        net: callable taking (x of shape (B, *shape), time input of shape (B,)) plus optional
+            keyword conditioning, returning a tensor shaped like x. An `nn.Module` is registered
+            as a submodule (its parameters are this model's parameters).
+        sde: the forward SDE. Non-affine SDEs support only `prediction="score"`.
+        prediction: what the network outputs, one of PREDICTIONS. "edm" is Karras et al.'s
+            preconditioned denoiser D = c_skip x + c_out F(c_in x, c_noise), applied to
+            x / alpha at noise level sigma / alpha so it serves any affine SDE.
+        time_input: one of TIME_INPUTS or a callable t -> time input; default "c_noise" for
+            "edm", else "t".
+        sigma_data: data standard deviation used by the "edm" preconditioning.
+
+    Every network call adds 1 to `nfe` (one batched call is one evaluation); `reset_nfe()`.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., torch.Tensor],
+        sde: SDE,
+        prediction: str = "eps",
+        time_input: Union[str, Callable[[torch.Tensor], torch.Tensor], None] = None,
+        sigma_data: float = 0.5,
+    ):
+        super().__init__()
+        check_choice("prediction", prediction, PREDICTIONS)
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be a scoresde.SDE; got {type(sde).__name__}")
+        if prediction != "score" and not sde.is_affine:
+            raise ValueError(
+                f"prediction={prediction!r} needs an affine SDE (alpha, sigma); "
+                f"{type(sde).__name__} is not affine, use prediction='score'"
+            )
+        if time_input is None:
+            time_input = "c_noise" if prediction == "edm" else "t"
+        if not callable(time_input):
+            check_choice("time_input", time_input, TIME_INPUTS)
+            if time_input != "t" and not sde.is_affine:
+                raise ValueError(f"time_input={time_input!r} needs an affine SDE; use 't' or a callable")
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0; got {sigma_data!r}")
+        self.net = net
+        self.sde = sde
+        self.prediction = prediction
+        self.time_input = time_input
+        self.sigma_data = float(sigma_data)
+        self.nfe = 0
+
+    def reset_nfe(self) -> int:
+        """Set the evaluation counter to 0 and return its previous value."""
+        nfe, self.nfe = self.nfe, 0
+        return nfe
+
+    # ---- the network call -------------------------------------------------------------
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time input the network sees for model time t."""
+        if callable(self.time_input):
+            return self.time_input(t)
+        if self.time_input == "t":
+            return t
+        if self.time_input == "999t":
+            return 999 * t
+        if self.time_input == "sigma":
+            return self.sde.sigma(t)
+        if self.time_input == "log_sigma":
+            return self.sde.log_sigma(t)
+        return -0.25 * self.sde.log_snr(t)  # c_noise = log(sigma / alpha) / 4
+
+    def forward(self, x: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        """The raw network output at (x, t): one counted evaluation."""
+        t = self._batch_time(x, t)
+        x_in = x
+        if self.prediction == "edm":
+            alpha, sigma_hat = self._scaled_sigma(x, t)
+            x_in = x / alpha * self._c_in(sigma_hat)
+        t_in = self.network_time(t).to(x.dtype)
+        out = self.net(x_in, t_in, **cond)
+        self.nfe += 1
+        if out.shape != x.shape:
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
+        return out
+
+    # ---- served quantities (each is one network evaluation) ----------------------------
+    def eps_and_x0(self, x: torch.Tensor, t: Time, **cond) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) predicted at (x, t) from a single network evaluation."""
+        return self.to_eps_x0(self(x, t, **cond), x, t)
+
+    def eps(self, x: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        return self.eps_and_x0(x, t, **cond)[0]
+
+    def x0(self, x: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        return self.eps_and_x0(x, t, **cond)[1]
+
+    def score(self, x: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        if self.prediction == "score":
+            return self(x, t, **cond)
+        eps = self.eps(x, t, **cond)
+        return -eps / expand_as_batch(self.sde.sigma(self._batch_time(x, t)), x)
+
+    def v(self, x: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        eps, x0 = self.eps_and_x0(x, t, **cond)
+        alpha, sigma = self._alpha_sigma(x, self._batch_time(x, t))
+        return alpha * eps - sigma * x0
+
+    # ---- conversions (no network call) ------------------------------------------------
+    def to_eps_x0(self, out: torch.Tensor, x: torch.Tensor, t: Time) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Convert a raw network output at (x, t) into (eps, x0)."""
+        t = self._batch_time(x, t)
+        alpha, sigma = self._alpha_sigma(x, t)
+        p = self.prediction
+        if p == "eps":
+            return out, (x - sigma * out) / alpha
+        if p == "score":
+            return -sigma * out, (x + sigma**2 * out) / alpha
+        if p == "x0":
+            return (x - alpha * out) / sigma, out
+        if p == "v":
+            norm = alpha**2 + sigma**2
+            return (sigma * x + alpha * out) / norm, (alpha * x - sigma * out) / norm
+        _, sigma_hat = self._scaled_sigma(x, t)
+        x0 = self._c_skip(sigma_hat) * x / alpha + self._c_out(sigma_hat) * out
+        return (x - alpha * x0) / sigma, x0
+
+    def target(self, eps: torch.Tensor, x0: torch.Tensor, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """The raw network output that represents (eps, x0) at (x, t): the inverse of
+        `to_eps_x0`, used as the regression target in training and by analytic oracles."""
+        t = self._batch_time(x, t)
+        alpha, sigma = self._alpha_sigma(x, t)
+        p = self.prediction
+        if p == "eps":
+            return eps
+        if p == "score":
+            return -eps / sigma
+        if p == "x0":
+            return x0
+        if p == "v":
+            return alpha * eps - sigma * x0
+        _, sigma_hat = self._scaled_sigma(x, t)
+        return (x0 - self._c_skip(sigma_hat) * x / alpha) / self._c_out(sigma_hat)
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _batch_time(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """t checked against the SDE's range, as a (B,) tensor on x's device."""
+        t = self.sde.check_time(t).to(device=x.device)
+        if t.ndim == 0:
+            return t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},); got {tuple(t.shape)}")
+        return t
+
+    def _alpha_sigma(self, x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        sde: AffineSDE = self.sde  # type: ignore[assignment]
+        return expand_as_batch(sde.alpha(t), x), expand_as_batch(sde.sigma(t), x)
+
+    def _scaled_sigma(self, x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """alpha and the noise level sigma / alpha = exp(-lambda) of x / alpha."""
+        sde: AffineSDE = self.sde  # type: ignore[assignment]
+        return expand_as_batch(sde.alpha(t), x), expand_as_batch(torch.exp(-sde.log_snr(t)), x)
+
+    def _c_skip(self, s: torch.Tensor) -> torch.Tensor:
+        return self.sigma_data**2 / (s**2 + self.sigma_data**2)
+
+    def _c_out(self, s: torch.Tensor) -> torch.Tensor:
+        return s * self.sigma_data / (s**2 + self.sigma_data**2).sqrt()
+
+    def _c_in(self, s: torch.Tensor) -> torch.Tensor:
+        return 1 / (s**2 + self.sigma_data**2).sqrt()
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"

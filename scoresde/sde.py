@@ -1,0 +1,406 @@
+"""Forward SDEs: dx = f(x, t) dt + g(t) dW, and their reverse-time / probability-flow forms.
+
+Affine ("Gaussian-path") SDEs dx = f(t) x dt + g(t) dW have marginals
+x_t = alpha(t) x_0 + sigma(t) eps and expose alpha, sigma, log_snr = log(alpha / sigma), its
+inverse, f = d log alpha / dt and g2 = d sigma^2/dt - 2 f sigma^2 (Song et al., ICLR 2021).
+Time `t` is a float, a 0-dim tensor or a (B,) tensor; coefficients come back with t's shape.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ._utils import Time, as_time, check_finite, check_time_range, expand_as_batch
+
+__all__ = ["SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SDE:
+    """A forward SDE dx = drift(x, t) dt + diffusion(x, t) dW on t in [0, T] (diagonal noise).
+
+    Subclass it with `drift` and `diffusion` for a user-defined, possibly non-affine, process.
+    The prior at T is N(0, prior_std^2 I); override `prior_sample`/`prior_logp` for another.
+    """
+
+    T: float = 1.0
+    t_eps: float = 1e-3  # default end time of sampling and start time of likelihood integrals
+    prior_std: float = 1.0
+    is_affine: bool = False
+
+    def drift(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        raise NotImplementedError
+
+    def diffusion(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """g(x, t), broadcastable to x."""
+        raise NotImplementedError
+
+    def check_time(self, t: Time, what: str = "t") -> torch.Tensor:
+        """t as a float tensor, after checking it lies in [0, T]."""
+        t = as_time(t)
+        check_time_range(t, 0.0, self.T, what)
+        return t
+
+    def prior_sample(
+        self,
+        shape: Sequence[int],
+        generator: Optional[torch.Generator] = None,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device] = None,
+    ) -> torch.Tensor:
+        """Exact draws from the prior N(0, prior_std^2 I), shape `shape` = (B, *data_shape)."""
+        if device is None and generator is not None:
+            device = generator.device
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return z * self.prior_std
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact log-density of the prior, summed over all but the batch dimension: shape (B,)."""
+        d = z[0].numel()
+        s2 = self.prior_std**2
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(1)
+        return -0.5 * sq / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE dx = [f - g^2 score] dt + g dW_bar, or with `probability_flow`
+        the ODE dx/dt = f - g^2 score / 2 (both written in forward time t)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v:g}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _params(self) -> dict:
+        return {}
+
+
+class ReverseSDE:
+    """Drift and diffusion of the reverse-time SDE (or the probability-flow ODE) of `sde`."""
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+        self.sde = sde
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+
+    def drift(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        g = self.sde.diffusion(x, t)
+        weight = 0.5 if self.probability_flow else 1.0
+        return self.sde.drift(x, t) - weight * g**2 * self.score_fn(x, t)
+
+    def diffusion(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        g = self.sde.diffusion(x, t)
+        return torch.zeros_like(g) if self.probability_flow else g
+
+
+class AffineSDE(SDE):
+    """dx = f(t) x dt + g(t) dW with marginal x_t = alpha(t) x_0 + sigma(t) eps.
+
+    A subclass needs only `alpha` and `sigma`; `f`, `g2` (by autograd) and `t_of_log_snr`
+    (by bisection, log-SNR being decreasing) have general defaults that the built-in SDEs
+    replace by closed forms.
+    """
+
+    is_affine = True
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_alpha(self, t: Time) -> torch.Tensor:
+        return torch.log(self.alpha(t))
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return torch.log(self.sigma(t))
+
+    def log_snr(self, t: Time) -> torch.Tensor:
+        """lambda(t) = log(alpha / sigma), decreasing in t."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        lam = as_time(lam)
+        lo = torch.zeros_like(lam, dtype=torch.float64)
+        hi = torch.full_like(lo, self.T)
+        target = lam.to(torch.float64)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > target
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return (0.5 * (lo + hi)).to(lam.dtype)
+
+    def f(self, t: Time) -> torch.Tensor:
+        """d log alpha / dt."""
+        return _time_derivative(self.log_alpha, self.check_time(t))
+
+    def g2(self, t: Time) -> torch.Tensor:
+        """g(t)^2 = d sigma^2/dt - 2 f sigma^2 = -2 sigma^2 d lambda/dt."""
+        t = self.check_time(t)
+        return -2 * self.sigma(t) ** 2 * _time_derivative(self.log_snr, t)
+
+    def drift(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        return expand_as_batch(self.f(t), x) * x
+
+    def diffusion(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        return expand_as_batch(self.g2(t).sqrt(), x)
+
+    def marginal(
+        self,
+        x0: torch.Tensor,
+        t: Time,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """A draw of x_t | x_0 = alpha(t) x_0 + sigma(t) noise; noise ~ N(0, I) if not given."""
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}; got {tuple(noise.shape)}")
+        t = self.check_time(t)
+        return expand_as_batch(self.alpha(t), x0) * x0 + expand_as_batch(self.sigma(t), x0) * noise
+
+
+def _time_derivative(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        tt = t.detach().clone().requires_grad_(True)
+        (d,) = torch.autograd.grad(fn(tt).sum(), tt)
+    return d
+
+
+def _check_positive(name: str, value: float, lower: float = 0.0) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= lower:
+        raise ValueError(f"{name} must be a finite number > {lower:g}; got {value!r}")
+    return value
+
+
+class _LinearBetaSDE(AffineSDE):
+    """Shared by VP and sub-VP: drift -beta(t)/2 x with beta(t) = beta_min + t (beta_max - beta_min)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_eps: float = 1e-3):
+        beta_min = float(beta_min)
+        if not math.isfinite(beta_min) or beta_min < 0:
+            raise ValueError(f"beta_min must be a finite number >= 0; got {beta_min!r}")
+        if not math.isfinite(float(beta_max)) or beta_max <= beta_min:
+            raise ValueError(f"beta_max must be finite and > beta_min = {beta_min:g}; got {beta_max!r}")
+        self.beta_min, self.beta_max = beta_min, float(beta_max)
+        self.T = _check_positive("T", T)
+        if not 0 < t_eps < self.T:
+            raise ValueError(f"t_eps must lie in (0, T={self.T:g}); got {t_eps!r}")
+        self.t_eps = float(t_eps)
+
+    def _params(self) -> dict:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
+    def beta(self, t: Time) -> torch.Tensor:
+        t = self.check_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: Time) -> torch.Tensor:
+        """-int_0^t beta / 2."""
+        t = self.check_time(t)
+        return -(0.25 * t**2 * (self.beta_max - self.beta_min) + 0.5 * t * self.beta_min)
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def f(self, t: Time) -> torch.Tensor:
+        return -0.5 * self.beta(t)
+
+    def _t_of_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Inverse of log_alpha: the root of the quadratic (b1-b0)/4 t^2 + b0/2 t = m = -log alpha."""
+        m = -log_alpha
+        a = 0.25 * (self.beta_max - self.beta_min)
+        b = 0.5 * self.beta_min
+        return 2 * m / (b + torch.sqrt(b**2 + 4 * a * m))  # (-b + sqrt(b^2 + 4am)) / 2a, no cancellation
+
+
+class VPSDE(_LinearBetaSDE):
+    """Variance preserving SDE, dx = -beta(t)/2 x dt + sqrt(beta(t)) dW with linear
+    beta(t) = beta_min + t (beta_max - beta_min): the continuous limit of DDPM."""
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def g2(self, t: Time) -> torch.Tensor:
+        return self.beta(t)
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        # alpha^2 = sigmoid(2 lam)
+        return self._t_of_log_alpha(0.5 * torch.nn.functional.logsigmoid(2 * as_time(lam)))
+
+    # --- the DDPM chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z, i = 1..N ---
+    @classmethod
+    def from_betas(cls, betas: Sequence[float] | torch.Tensor, rtol: float = 1e-6) -> "VPSDE":
+        """The VP SDE whose discretization is a DDPM chain with *linear* betas:
+        beta_min = N beta_1, beta_max = N beta_N (DESIGN.md)."""
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        n = betas.numel()
+        if n < 2:
+            raise ValueError(f"betas must hold at least 2 values; got {n}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must lie in (0, 1)")
+        linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
+        if not torch.allclose(betas, linear, rtol=rtol, atol=0):
+            raise ValueError(
+                "betas must be a linear schedule (beta_i = beta_1 + (i-1)(beta_N - beta_1)/(N-1)) "
+                "to map to VPSDE's linear beta(t)"
+            )
+        return cls(beta_min=n * float(betas[0]), beta_max=n * float(betas[-1]))
+
+    def discrete_betas(self, N: int) -> torch.Tensor:
+        """The N betas of the DDPM chain matching this SDE: beta_i = beta(t_{i-1}) / N with
+        t_{i-1} = (i-1)/(N-1), float64, shape (N,). Inverse of `from_betas`."""
+        if int(N) != N or N < 2:
+            raise ValueError(f"N must be an integer >= 2; got {N!r}")
+        frac = torch.linspace(0, 1, int(N), dtype=torch.float64)
+        return (self.beta_min + frac * (self.beta_max - self.beta_min)) / N
+
+
+class CosineVPSDE(AffineSDE):
+    """VP SDE with the cosine schedule of Nichol & Dhariwal (2021):
+    alpha(t) = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2), sigma = sqrt(1 - alpha^2).
+    T defaults to 0.9946 (as in DPM-Solver), where alpha(T) ~ 0.008, since alpha(1) = 0."""
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946, t_eps: float = 1e-3):
+        if not math.isfinite(float(s)) or s < 0:
+            raise ValueError(f"s must be a finite number >= 0; got {s!r}")
+        self.s = float(s)
+        if not 0 < T < 1:
+            raise ValueError(f"T must lie in (0, 1) for the cosine schedule (alpha(1) = 0); got {T!r}")
+        self.T = float(T)
+        if not 0 < t_eps < self.T:
+            raise ValueError(f"t_eps must lie in (0, T={self.T:g}); got {t_eps!r}")
+        self.t_eps = float(t_eps)
+        self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+
+    def _params(self) -> dict:
+        return {"s": self.s, "T": self.T}
+
+    def _angle(self, t: torch.Tensor) -> torch.Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def log_alpha(self, t: Time) -> torch.Tensor:
+        return torch.log(torch.cos(self._angle(self.check_time(t)))) - self._log_cos0
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def f(self, t: Time) -> torch.Tensor:
+        return -torch.tan(self._angle(self.check_time(t))) * (math.pi / 2) / (1 + self.s)
+
+    def g2(self, t: Time) -> torch.Tensor:
+        return -2 * self.f(t)  # variance preserving: alpha^2 + sigma^2 = 1
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        log_alpha = 0.5 * torch.nn.functional.logsigmoid(2 * as_time(lam))
+        angle = torch.arccos(torch.exp(log_alpha + self._log_cos0))
+        return angle * 2 * (1 + self.s) / math.pi - self.s
+
+
+class SubVPSDE(_LinearBetaSDE):
+    """sub-VP SDE (Song et al. 2021): VP's drift with g^2 = beta(t)(1 - alpha^4), so that
+    sigma(t) = 1 - alpha(t)^2 (no square root)."""
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def g2(self, t: Time) -> torch.Tensor:
+        return self.beta(t) * -torch.expm1(4 * self.log_alpha(t))
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        # (1 - a^2)/a = e^{-lam}  =>  a = 2 / (e^{-lam} + sqrt(e^{-2 lam} + 4))
+        e = torch.exp(-as_time(lam))
+        return self._t_of_log_alpha(math.log(2) - torch.log(e + torch.sqrt(e**2 + 4)))
+
+
+class VESDE(AffineSDE):
+    """Variance exploding SDE (NCSN's continuous limit): alpha = 1,
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t, g^2 = 2 sigma^2 log(sigma_max / sigma_min)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
+        self.sigma_min = _check_positive("sigma_min", sigma_min)
+        if not math.isfinite(float(sigma_max)) or sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must be finite and > sigma_min = {self.sigma_min:g}; got {sigma_max!r}")
+        self.sigma_max = float(sigma_max)
+        self.T = 1.0
+        if not 0 < t_eps < self.T:
+            raise ValueError(f"t_eps must lie in (0, 1); got {t_eps!r}")
+        self.t_eps = float(t_eps)
+        self.prior_std = self.sigma_max
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def _params(self) -> dict:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def log_alpha(self, t: Time) -> torch.Tensor:
+        return 0 * self.check_time(t)  # keeps t's graph, so autograd derivatives exist
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return math.log(self.sigma_min) + self.check_time(t) * self._log_ratio
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def f(self, t: Time) -> torch.Tensor:
+        return 0 * self.check_time(t)
+
+    def g2(self, t: Time) -> torch.Tensor:
+        return 2 * self.sigma(t) ** 2 * self._log_ratio
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
+
+
+class EDMSDE(AffineSDE):
+    """The EDM / Karras et al. (2022) process: alpha = 1, sigma(t) = t, so time *is* the noise
+    level; g^2 = 2t. Sampling runs from T = sigma_max down to t_eps = sigma_min."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.sigma_min = _check_positive("sigma_min", sigma_min)
+        if not math.isfinite(float(sigma_max)) or sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must be finite and > sigma_min = {self.sigma_min:g}; got {sigma_max!r}")
+        self.sigma_max = float(sigma_max)
+        self.T = self.sigma_max
+        self.t_eps = self.sigma_min
+        self.prior_std = self.sigma_max
+
+    def _params(self) -> dict:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def log_alpha(self, t: Time) -> torch.Tensor:
+        return 0 * self.check_time(t)  # keeps t's graph, so autograd derivatives exist
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        return self.check_time(t).clone()
+
+    def log_sigma(self, t: Time) -> torch.Tensor:
+        return torch.log(self.check_time(t))
+
+    def f(self, t: Time) -> torch.Tensor:
+        return 0 * self.check_time(t)
+
+    def g2(self, t: Time) -> torch.Tensor:
+        return 2 * self.check_time(t)
+
+    def t_of_log_snr(self, lam: Time) -> torch.Tensor:
+        return torch.exp(-as_time(lam))

@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+import scoresde as sd
+
+
+def all_sdes():
+    return [sd.VPSDE(), sd.CosineVPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.EDMSDE()]
+
+
+@pytest.fixture(params=all_sdes(), ids=lambda s: type(s).__name__)
+def any_sde(request):
+    return request.param
+
+
+def interior_times(sde, n=7, dtype=torch.float64):
+    """Times strictly inside (t_eps, T)."""
+    return torch.linspace(sde.t_eps, sde.T, n + 2, dtype=dtype)[1:-1]
