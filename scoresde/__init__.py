@@ -1,12 +1,14 @@
 """scoresde: score-based generative modeling through SDEs, with every sampler measured
 against exact answers."""
-from . import data
+from . import data, schedules, solvers
 from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
 from .sde import SDE, AffineSDE, CosineVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from .solvers import SampleResult, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
     "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data",
+    "schedules", "solvers", "sample", "SampleResult",
 ]

@@ -1,0 +1,10 @@
+"""Samplers, all behind `scoresde.sample` and one registry (`available()`, `get()`, `register()`)."""
+from . import backends, exponential, ode  # noqa: F401  (importing registers the solvers)
+from ._loop import Loop, NonFiniteError
+from .registry import SolverInfo, available, get, register
+from .sampling import DEFAULT_SCHEDULE, DEFAULT_SOLVER, DEFAULT_STEPS, SampleResult, sample
+
+__all__ = [
+    "sample", "SampleResult", "available", "get", "register", "SolverInfo", "Loop", "NonFiniteError",
+    "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFAULT_STEPS",
+]

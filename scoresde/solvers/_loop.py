@@ -1,0 +1,80 @@
+"""What every solver loop shares: the grid's coefficients and the per-step bookkeeping
+(finite check, user callback, trajectory, progress bar)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import torch
+
+from ..sde import AffineSDE
+
+__all__ = ["NonFiniteError", "Loop", "Grid"]
+
+
+class NonFiniteError(RuntimeError):
+    """A sampler produced NaN or inf; the message names the step and time."""
+
+
+@dataclass
+class Grid:
+    """alpha, sigma and lambda = log(alpha/sigma) at each grid time, as Python floats in float64,
+    so step coefficients cost no device work and keep full precision in float32 runs."""
+
+    t: List[float]
+    alpha: List[float]
+    sigma: List[float]
+    lam: List[float]
+
+    @classmethod
+    def of(cls, sde: AffineSDE, ts: torch.Tensor) -> "Grid":
+        return cls(ts.tolist(), sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), sde.log_snr(ts).tolist())
+
+
+class Loop:
+    """Iterates a solver over its grid and does the bookkeeping after each step."""
+
+    def __init__(
+        self,
+        ts: torch.Tensor,
+        callback: Optional[Callable[[dict], None]] = None,
+        progress: bool = False,
+        record: bool = False,
+        desc: str = "sampling",
+    ):
+        self.ts = ts
+        self.callback = callback
+        self.trajectory: Optional[List[torch.Tensor]] = [] if record else None
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(ts) - 1, desc=desc)
+
+    def steps(self) -> Iterator[Tuple[int, float, float]]:
+        """(i, t_i, t_{i+1}) for each step, times as Python floats."""
+        t = self.ts.tolist()
+        for i in range(len(t) - 1):
+            yield i, t[i], t[i + 1]
+
+    def start(self, x: torch.Tensor) -> None:
+        if self.trajectory is not None:
+            self.trajectory.append(x.detach().clone())
+
+    def done(self, i: int, x: torch.Tensor, x0_pred: Optional[torch.Tensor] = None) -> None:
+        """After step i (now at time ts[i+1]): stop on non-finite values, record, call back."""
+        t = float(self.ts[i + 1])
+        if not bool(torch.isfinite(x).all()):
+            self.close()
+            raise NonFiniteError(f"non-finite values in the state after step {i + 1} of {len(self.ts) - 1} (t={t:.6g})")
+        if self.trajectory is not None:
+            self.trajectory.append(x.detach().clone())
+        if self.callback is not None:
+            self.callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

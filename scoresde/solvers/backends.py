@@ -1,0 +1,100 @@
+"""Adaptive and reference ODE solving through established libraries: torchdiffeq and scipy.
+
+Both integrate the probability-flow ODE in the SDE's time t. NFE is counted by the ScoreModel,
+so it includes every evaluation the library made, rejected steps and Jacobian estimates too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model import ScoreModel
+from ._loop import Loop, NonFiniteError
+from .ode import pf_velocity
+from .registry import register
+
+__all__ = ["torchdiffeq_ode", "scipy_ode", "TORCHDIFFEQ_FIXED", "TORCHDIFFEQ_ADAPTIVE", "SCIPY_METHODS"]
+
+TORCHDIFFEQ_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+#: fixed-grid methods step exactly on the sampling schedule
+TORCHDIFFEQ_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+SCIPY_METHODS = ("RK45", "RK23", "DOP853", "LSODA", "Radau", "BDF")
+
+
+def _check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value!r}")
+
+
+@register("torchdiffeq", kind="ode", order=5, evals_per_step="adaptive", description="torchdiffeq.odeint (any method)")
+def torchdiffeq_ode(
+    model: ScoreModel,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    loop: Loop,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    options: dict | None = None,
+) -> torch.Tensor:
+    """Adaptive methods integrate from ts[0] to ts[-1] under rtol/atol; fixed-grid methods
+    step on the schedule `ts`."""
+    import torchdiffeq
+
+    if method not in TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED:
+        raise ValueError(f"method={method!r} is not valid; choose one of: {', '.join(TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED)}")
+    _check_tolerances(rtol, atol)
+    fixed = method in TORCHDIFFEQ_FIXED
+    t_eval = ts if fixed else ts[[0, -1]]
+
+    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return pf_velocity(model, y, float(t))
+
+    options = dict(options or {})
+    if not fixed:
+        # never evaluate outside [t_end, T]: torchdiffeq's automatic first step probes ahead of
+        # the start and its steps may overshoot the end, where the SDE is not defined
+        span = float(ts[0] - ts[-1])
+        options.setdefault("first_step", 1e-3 * span)
+        options.setdefault("step_t", ts[[-1]])
+    path = torchdiffeq.odeint(func, x, t_eval.to(x.device), method=method, rtol=rtol, atol=atol, options=options)
+    points = range(len(ts) - 1) if fixed else [len(ts) - 2]
+    for i, state in zip(points, path[1:]):
+        loop.done(i, state)
+    return path[-1]
+
+
+@register("scipy", kind="ode", order=5, evals_per_step="adaptive", description="scipy.integrate.solve_ivp")
+def scipy_ode(
+    model: ScoreModel,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    loop: Loop,
+    *,
+    method: str = "RK45",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> torch.Tensor:
+    """solve_ivp on the whole batch flattened into one float64 vector (one step size for the
+    batch). The state crosses to the CPU and NumPy at every evaluation: a reference solver,
+    not a fast one."""
+    from scipy.integrate import solve_ivp
+
+    if method not in SCIPY_METHODS:
+        raise ValueError(f"method={method!r} is not valid; choose one of: {', '.join(SCIPY_METHODS)}")
+    _check_tolerances(rtol, atol)
+    shape, dtype, device = x.shape, x.dtype, x.device
+
+    def fun(t: float, y: np.ndarray) -> np.ndarray:
+        state = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
+        return pf_velocity(model, state, float(t)).detach().to("cpu", torch.float64).numpy().ravel()
+
+    y0 = x.detach().to("cpu", torch.float64).numpy().ravel()
+    sol = solve_ivp(fun, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise NonFiniteError(f"scipy solve_ivp({method}) failed at t={float(sol.t[-1]):.6g}: {sol.message}")
+    x = torch.from_numpy(sol.y[:, -1].copy()).to(device=device, dtype=dtype).reshape(shape)
+    loop.done(len(ts) - 2, x)
+    return x

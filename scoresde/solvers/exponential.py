@@ -1,0 +1,246 @@
+"""Exponential integrators of the probability-flow ODE, written in lambda = log(alpha/sigma).
+
+The linear part of the ODE is solved exactly; only the network term is approximated (Lu et al.
+2022a, eq. 3.4): x_t = (alpha_t/alpha_s) x_s - alpha_t int_s^t e^{-lambda} eps dlambda, or in
+data prediction x_t = (sigma_t/sigma_s) x_s + sigma_t int_s^t e^{lambda} x0 dlambda.
+`ipndm` and `deis` work in y = x/alpha against sigma_hat = sigma/alpha = e^{-lambda}, where
+the ODE is dy/dsigma_hat = eps. All need an affine SDE.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import numpy as np
+import torch
+
+from ..model import ScoreModel
+from ._loop import Grid, Loop
+from .registry import register
+
+__all__ = ["ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis"]
+
+#: multistep solvers drop to lower order on their final steps when there are fewer steps than
+#: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _order_at(i: int, steps: int, order: int, lower_order_final: bool) -> int:
+    """Order of multistep step i (0-based): warm-up from 1, and tapering at the end."""
+    p = min(order, i + 1)
+    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        p = min(p, steps - i)
+    return p
+
+
+def _check_order(order: int, allowed: range) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {list(allowed)}; got {order!r}")
+
+
+@register("ddim", kind="ode", order=1, evals_per_step=1, affine=True, description="DDIM = DPM-Solver-1")
+def ddim(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
+    # Song et al. 2021 (DDIM, eta = 0) = Lu et al. 2022a, eq. 3.7, in data-prediction form
+    g = Grid.of(model.sde, ts)
+    for i, t, t_next in loop.steps():
+        x0_pred = model.x0(x, t)
+        h = g.lam[i + 1] - g.lam[i]
+        x = (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-h)) * x0_pred
+        loop.done(i, x, x0_pred)
+    return x
+
+
+def _intermediate(model: ScoreModel, lam: float):
+    """(t, alpha, sigma) at log-SNR lam, as floats."""
+    sde = model.sde
+    t = sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
+    return float(t), float(sde.alpha(t)), float(sde.sigma(t))
+
+
+@register("dpm-solver-2", kind="ode", order=2, evals_per_step=2, affine=True, description="single-step DPM-Solver-2")
+def dpm_solver_2(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
+    # Lu et al. 2022a, Algorithm 1 (DPM-Solver-2, r1 = 1/2), noise prediction
+    g, r1 = Grid.of(model.sde, ts), 0.5
+    for i, t, t_next in loop.steps():
+        h = g.lam[i + 1] - g.lam[i]
+        s1, alpha_s1, sigma_s1 = _intermediate(model, g.lam[i] + r1 * h)
+        eps_s = model.eps(x, t)
+        u = (alpha_s1 / g.alpha[i]) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
+        eps_s1 = model.eps(u, s1)
+        phi = g.sigma[i + 1] * math.expm1(h)
+        x = (g.alpha[i + 1] / g.alpha[i]) * x - phi * eps_s - (phi / (2 * r1)) * (eps_s1 - eps_s)
+        loop.done(i, x)
+    return x
+
+
+@register("dpm-solver-3", kind="ode", order=3, evals_per_step=3, affine=True, description="single-step DPM-Solver-3")
+def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
+    # Lu et al. 2022a, Algorithm 2 (DPM-Solver-3, r1 = 1/3, r2 = 2/3), noise prediction
+    g, r1, r2 = Grid.of(model.sde, ts), 1 / 3, 2 / 3
+    for i, t, t_next in loop.steps():
+        a_s, a_t, sigma_t = g.alpha[i], g.alpha[i + 1], g.sigma[i + 1]
+        h = g.lam[i + 1] - g.lam[i]
+        s1, a_s1, sigma_s1 = _intermediate(model, g.lam[i] + r1 * h)
+        s2, a_s2, sigma_s2 = _intermediate(model, g.lam[i] + r2 * h)
+        eps_s = model.eps(x, t)
+        u1 = (a_s1 / a_s) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
+        d1 = model.eps(u1, s1) - eps_s
+        u2 = (
+            (a_s2 / a_s) * x
+            - (sigma_s2 * math.expm1(r2 * h)) * eps_s
+            - (sigma_s2 * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1)) * d1
+        )
+        d2 = model.eps(u2, s2) - eps_s
+        x = (a_t / a_s) * x - (sigma_t * math.expm1(h)) * eps_s - (sigma_t / r2 * (math.expm1(h) / h - 1)) * d2
+        loop.done(i, x)
+    return x
+
+
+@register("dpm++2m", kind="ode", order=2, evals_per_step=1, affine=True, defaults={"order": 2},
+          description="multistep DPM-Solver++(2M)")
+@register("dpm++3m", kind="ode", order=3, evals_per_step=1, affine=True, defaults={"order": 3},
+          description="multistep DPM-Solver++(3M)")
+def dpm_multistep(
+    model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 2, lower_order_final: bool = True
+) -> torch.Tensor:
+    # Lu et al. 2022b, Algorithm 2 (2M) and its third-order extension, data prediction
+    _check_order(order, range(1, 4))
+    g, steps = Grid.of(model.sde, ts), len(ts) - 1
+    x0_hist: List[torch.Tensor] = []
+    for i, t, t_next in loop.steps():
+        x0_hist = (x0_hist + [model.x0(x, t)])[-3:]
+        x0_pred = x0_hist[-1]
+        p = _order_at(i, steps, order, lower_order_final)
+        h = g.lam[i + 1] - g.lam[i]
+        phi_1 = math.expm1(-h)
+        a_t = g.alpha[i + 1]
+        x_next = (g.sigma[i + 1] / g.sigma[i]) * x - (a_t * phi_1) * x0_pred
+        if p >= 2:
+            r0 = (g.lam[i] - g.lam[i - 1]) / h
+            d1_0 = (x0_pred - x0_hist[-2]) / r0
+        if p == 2:
+            x_next = x_next - (0.5 * a_t * phi_1) * d1_0
+        elif p == 3:
+            r1 = (g.lam[i - 1] - g.lam[i - 2]) / h
+            d1_1 = (x0_hist[-2] - x0_hist[-3]) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h x0'
+            d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''
+            phi_2 = phi_1 / h + 1
+            phi_3 = phi_2 / h - 0.5
+            # the x0'' Taylor term integrates to -alpha_t h^2 phi_3 x0''; with d2 at half that
+            # size (as in the reference implementation) the method is only second order
+            x_next = x_next + (a_t * phi_2) * d1 - (a_t * phi_3) * d2
+        x = x_next
+        loop.done(i, x, x0_pred)
+    return x
+
+
+def _unipc_coefficients(rks: List[float], h: float, variant: str):
+    """UniPC's B(h), predictor weights rhos_p (p-1 of them) and corrector weights rhos_c (p),
+    for data prediction; rks are (lambda_prev_k - lambda_prev_0)/h of earlier points."""
+    hh = -h
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    r = np.array(rks + [1.0])
+    p = len(r)
+    h_phi_k = math.expm1(hh) / hh - 1
+    factorial = 1
+    big_r, b = [], []
+    for k in range(1, p + 1):
+        big_r.append(r ** (k - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    big_r, b = np.stack(big_r), np.array(b)
+    rhos_p = np.array([0.5]) if p == 2 else (np.linalg.solve(big_r[:-1, :-1], b[:-1]) if p > 2 else np.zeros(0))
+    rhos_c = np.array([0.5]) if p == 1 else np.linalg.solve(big_r, b)
+    return b_h, rhos_p.tolist(), rhos_c.tolist()
+
+
+@register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, description="UniPC (UniP-p + UniC), bh1/bh2")
+def unipc(
+    model: ScoreModel,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    loop: Loop,
+    *,
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+) -> torch.Tensor:
+    # Zhao et al. 2023, Algorithms 2-3 (UniPC-p with B(h) = h or e^h - 1), data prediction.
+    # The corrector reuses the evaluation at the predicted point, so it costs no extra NFE
+    # and UniPC-p with the corrector has order p + 1.
+    _check_order(order, range(1, 4))
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
+    g, steps = Grid.of(model.sde, ts), len(ts) - 1
+    lam_hist, x0_hist = [g.lam[0]], [model.x0(x, g.t[0])]
+    for i, t, t_next in loop.steps():
+        p = _order_at(i, steps, order, lower_order_final)
+        h = g.lam[i + 1] - g.lam[i]
+        rks = [(lam_hist[-(k + 1)] - lam_hist[-1]) / h for k in range(1, p)]
+        d1s = [(x0_hist[-(k + 1)] - x0_hist[-1]) / rk for k, rk in zip(range(1, p), rks)]
+        b_h, rhos_p, rhos_c = _unipc_coefficients(rks, h, variant)
+        a_t = g.alpha[i + 1]
+        x_base = (g.sigma[i + 1] / g.sigma[i]) * x - (a_t * math.expm1(-h)) * x0_hist[-1]
+        x = x_base - (a_t * b_h) * sum((rho * d for rho, d in zip(rhos_p, d1s)), torch.zeros_like(x))
+        if i < steps - 1:
+            x0_next = model.x0(x, t_next)
+            if corrector:
+                corr = sum((rho * d for rho, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (x0_next - x0_hist[-1]))
+                x = x_base - (a_t * b_h) * corr
+            lam_hist, x0_hist = (lam_hist + [g.lam[i + 1]])[-3:], (x0_hist + [x0_next])[-3:]
+        loop.done(i, x, x0_hist[-1])
+    return x
+
+
+_ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+
+
+@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True,
+          description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
+def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 4) -> torch.Tensor:
+    # Zhang & Chen 2023 (DEIS), iPNDM: Adams-Bashforth with equal-step weights on eps in
+    # (y = x/alpha, sigma_hat), lower order for the first steps
+    _check_order(order, range(1, 5))
+    g = Grid.of(model.sde, ts)
+    sigma_hat = [math.exp(-lam) for lam in g.lam]
+    eps_hist: List[torch.Tensor] = []
+    for i, t, t_next in loop.steps():
+        eps_hist = ([model.eps(x, t)] + eps_hist)[:order]
+        weights = _ADAMS_BASHFORTH[len(eps_hist)]
+        slope = sum(w * e for w, e in zip(weights, eps_hist))
+        x = g.alpha[i + 1] * (x / g.alpha[i] + (sigma_hat[i + 1] - sigma_hat[i]) * slope)
+        loop.done(i, x)
+    return x
+
+
+def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]:
+    """int_lo^hi l_j(s) ds for the Lagrange basis polynomials l_j on `nodes`."""
+    if len(nodes) == 1:
+        return [hi - lo]
+    out = []
+    for j, node in enumerate(nodes):
+        others = [n for k, n in enumerate(nodes) if k != j]
+        basis = np.polynomial.Polynomial.fromroots(others) / np.prod([node - n for n in others])
+        antiderivative = basis.integ()
+        out.append(float(antiderivative(hi) - antiderivative(lo)))
+    return out
+
+
+@register("deis", kind="ode", order=3, evals_per_step=1, affine=True, description="rho-AB-DEIS (variable-step AB)")
+def deis(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 3) -> torch.Tensor:
+    # Zhang & Chen 2023, rhoAB-DEIS: eps extrapolated by the Lagrange polynomial through the
+    # last `order` points in rho = sigma_hat and integrated exactly over the step
+    _check_order(order, range(1, 5))
+    g = Grid.of(model.sde, ts)
+    sigma_hat = [math.exp(-lam) for lam in g.lam]
+    eps_hist: List[torch.Tensor] = []
+    for i, t, t_next in loop.steps():
+        eps_hist = ([model.eps(x, t)] + eps_hist)[:order]
+        nodes = [sigma_hat[i - k] for k in range(len(eps_hist))]
+        weights = _lagrange_integrals(nodes, sigma_hat[i], sigma_hat[i + 1])
+        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w * e for w, e in zip(weights, eps_hist)))
+        loop.done(i, x)
+    return x
