@@ -1,6 +1,6 @@
 """scoresde: score-based generative modeling through SDEs, with every sampler measured
 against exact answers."""
-from . import data, schedules, solvers
+from . import data, metrics, schedules, solvers
 from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
 from .sde import SDE, AffineSDE, CosineVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import SampleResult, sample
@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
-    "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data",
+    "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data", "metrics",
     "schedules", "solvers", "sample", "SampleResult",
 ]
