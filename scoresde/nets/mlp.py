@@ -42,8 +42,8 @@ class MLP(nn.Module):
             [0, num_classes]; `num_classes` itself (and y=None) is the null label.
         fourier_scale: standard deviation of the Fourier frequencies.
 
-    Parameter counts (measured): `MLP(2)` (hidden 256, depth 4) 920,066;
-    `MLP(2, hidden=128, depth=3)` 167,042. The output layer starts at zero, so an untrained
+    Parameter counts (measured): `MLP(2)` (hidden 256, depth 4) 924,930;
+    `MLP(2, hidden=128, depth=3)` 183,298. The output layer starts at zero, so an untrained
     model predicts 0 (eps = 0: the score of N(0, I) at large t, for eps prediction).
     """
 
