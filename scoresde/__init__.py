@@ -3,6 +3,9 @@ against exact answers."""
 from . import data, metrics, schedules, solvers
 from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
 from .sde import SDE, AffineSDE, CosineVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from . import losses, nets
+from .losses import dsm_loss
+from .training import Trainer
 from .solvers import SampleResult, sample
 
 __version__ = "0.1.0"
@@ -12,3 +15,4 @@ __all__ = [
     "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data", "metrics",
     "schedules", "solvers", "sample", "SampleResult",
 ]
+__all__ += ["nets", "losses", "dsm_loss", "Trainer"]

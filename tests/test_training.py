@@ -1,0 +1,341 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.training import load_checkpoint
+from _training_setup import STEPS, make_trainer
+
+RING = sd.data.GaussianMixture.ring()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is as fast, and far faster while other processes load the CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sliced_w2(a, b, n_proj=128, seed=0):
+    """Sliced 2-Wasserstein distance between equal-size sample sets: RMS over random unit
+    directions of the W2 distance between the sorted 1-D projections."""
+    dirs = torch.randn(a.shape[1], n_proj, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    dirs = dirs / dirs.norm(dim=0)
+    pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values
+    return float((pa - pb).pow(2).mean().sqrt())
+
+
+def euler_maruyama(model, sde, n, steps, generator):
+    """The reverse SDE dx = [f x - g^2 score] dt + g dW_bar from T to t_eps, uniform steps."""
+    reverse = sde.reverse(model.score)
+    x = sde.prior_sample((n, 2), generator=generator)
+    ts = torch.linspace(sde.T, sde.t_eps, steps + 1)
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            dt = t_next - t
+            z = torch.randn(x.shape, generator=generator)
+            x = x + reverse.drift(x, t) * dt + reverse.diffusion(x, t) * (-dt).sqrt() * z
+    return x
+
+
+def mode_hits(x, radius=0.45):
+    """Fraction of samples within 3 standard deviations of one of the ring's means."""
+    return float(((x[:, None] - RING.means.float()).norm(dim=-1).min(1).values < radius).float().mean())
+
+
+def tiny_model(sde=None, prediction="eps", **net_kwargs):
+    torch.manual_seed(0)
+    net_kwargs = {"hidden": 16, "depth": 1, **net_kwargs}
+    return sd.ScoreModel(sd.nets.MLP(2, **net_kwargs), sde or sd.VPSDE(), prediction=prediction)
+
+
+def ring_data(n=256):
+    return RING.sample(n, torch.Generator().manual_seed(0))
+
+
+def assert_same_state(a, b):
+    for (key, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), key
+
+
+def test_training_on_a_ring_moves_samples_from_the_prior_to_the_data():
+    """400 steps of a small MLP: Euler-Maruyama samples of the EMA model are 3x closer to the
+    ring than prior draws in sliced W2 (0.09 vs 0.31; two exact sample sets: 0.075), and most
+    land on a mode (70% vs 26% for the prior, 99% for the data)."""
+    sde = sd.VPSDE()
+    torch.manual_seed(0)
+    model = sd.ScoreModel(sd.nets.MLP(2, hidden=64, depth=2), sde, prediction="eps")
+    trainer = sd.Trainer(model, RING.sample(8192, torch.Generator().manual_seed(0)), batch_size=256, lr=2e-3,
+                         warmup_steps=20, ema_decay=0.99, progress=False)
+    trainer.fit(400)
+    assert trainer.step == 400 and len(trainer.loss_history) == 400
+    assert sum(trainer.loss_history[-50:]) / 50 < 0.8 * sum(trainer.loss_history[:10]) / 10
+    ref = RING.sample(2000, torch.Generator().manual_seed(1))
+    x = euler_maruyama(trainer.ema_model, sde, 2000, 100, torch.Generator().manual_seed(2))
+    prior = sde.prior_sample((2000, 2), generator=torch.Generator().manual_seed(3))
+    sw_model, sw_prior = sliced_w2(x, ref), sliced_w2(prior, ref)
+    assert sw_model < 0.5 * sw_prior
+    assert mode_hits(x) > mode_hits(prior) + 0.3
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    """N steps straight equals N/2, a checkpoint, a new Trainer from it and N/2 more: model,
+    EMA, optimizer and losses identical (labels, label dropout, importance-sampled t)."""
+    n = 8
+    straight = make_trainer()
+    straight.fit(n)
+    first = make_trainer(ckpt_dir=tmp_path, ckpt_every=100)
+    first.fit(n // 2)
+    torch.randn(100)  # the global RNG moves on in between; the checkpoint restores it
+    x, labels = first.data.x, first.data.y
+    resumed = sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", (x, labels), progress=False)
+    assert resumed.step == n // 2 and resumed.options == first.options
+    resumed.fit(n)
+    assert_same_state(straight.model, resumed.model)
+    assert_same_state(straight.ema_model, resumed.ema_model)
+    for sa, sb in zip(straight.optimizer.state.values(), resumed.optimizer.state.values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert straight.loss_history == resumed.loss_history
+    # resume() into a Trainer built by hand does the same
+    again = make_trainer()
+    again.resume(tmp_path / "checkpoint.pt").fit(n)
+    assert_same_state(straight.model, again.model)
+
+
+def test_checkpoint_holds_only_tensors_and_primitives(tmp_path):
+    trainer = sd.Trainer(tiny_model(sd.VESDE(sigma_max=20.0), "x0"), ring_data(), batch_size=16,
+                         ckpt_dir=tmp_path, ckpt_every=2, progress=False)
+    trainer.fit(3)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]  # no temporary files left behind
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    config = state["config"]
+    assert config["model"]["sde"] == {"class": "VESDE", "params": {"sigma_min": 0.01, "sigma_max": 20.0, "T": 1.0,
+                                                                    "t_eps": 1e-5, "prior_std": 20.0}}
+    assert config["model"]["net"]["class"] == "MLP" and config["model"]["net"]["config"]["hidden"] == 16
+    assert config["model"]["prediction"] == "x0" and config["data_shape"] == [2]
+    assert state["rng"]["generator"].dtype == torch.uint8
+    rebuilt = sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", ring_data(), progress=False)
+    assert isinstance(rebuilt.model.sde, sd.VESDE) and rebuilt.model.sde.sigma_max == 20.0
+    assert_same_state(trainer.model, rebuilt.model)
+
+
+def write_good_checkpoint(path):
+    trainer = sd.Trainer(tiny_model(), ring_data(), batch_size=16, ckpt_dir=path, progress=False)
+    trainer.fit(2)
+    return trainer, path / "checkpoint.pt"
+
+
+def test_corrupted_or_truncated_checkpoints_give_clear_errors(tmp_path):
+    trainer, good = write_good_checkpoint(tmp_path)
+    blob = good.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="bad.pt is corrupted or truncated"):
+        load_checkpoint(bad)
+    flipped = bytearray(blob)
+    # flip bytes inside the largest stored tensor (the zip archive has no checksum of its own)
+    start = blob.find(b"data/") + 2000
+    flipped[start:start + 64] = bytes(b ^ 0xFF for b in flipped[start:start + 64])
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="bad.pt is corrupted"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        sd.Trainer.from_checkpoint(bad, ring_data())
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ValueError, match="is not a scoresde Trainer checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        trainer.resume(tmp_path / "missing.pt")
+    assert load_checkpoint(good)["step"] == 2
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer, good = write_good_checkpoint(tmp_path)
+
+    def save_half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(RuntimeError, match=r"writing checkpoint .*checkpoint.pt at step 4 failed \(No space left on device\); the previous checkpoint .* is intact"):
+        trainer.fit(4)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+    assert load_checkpoint(good)["step"] == 2
+
+
+class NaNAfter(torch.nn.Module):
+    """A tiny network whose output turns NaN from its `bad_call`-th training call on."""
+
+    def __init__(self, bad_call):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, x, t):
+        self.calls += 1
+        out = self.lin(torch.cat([x, t[:, None]], 1))
+        return out * float("nan") if self.calls >= self.bad_call else out
+
+
+def test_nan_loss_raises_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    net = NaNAfter(bad_call=8)  # call 1 is the Trainer's shape check, so step 7 is the first bad one
+    trainer = sd.Trainer(sd.ScoreModel(net, sd.VPSDE()), ring_data(), batch_size=16, ckpt_dir=tmp_path,
+                         ckpt_every=5, progress=False)
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"training diverged at step 7: the loss is nan; the last good checkpoint is .*checkpoint.pt \(step 5\)"):
+        trainer.fit(20)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5
+    # on CPU the check runs before the optimizer step: the weights are those after step 6
+    assert trainer.step == 6 and all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(not torch.equal(weights[k], v) for k, v in net.state_dict().items())
+
+
+def test_ema_and_learning_rate_warmup():
+    trainer = sd.Trainer(tiny_model(), ring_data(), batch_size=16, lr=1e-2, warmup_steps=4, ema_decay=0.999,
+                         grad_clip=None, progress=False)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit(1)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    # first EMA update: decay min(0.999, (1 + 0) / (10 + 0)) = 0.1
+    for e, p0, p in zip(trainer.ema_model.parameters(), before, trainer.model.parameters()):
+        torch.testing.assert_close(e, 0.1 * p0 + 0.9 * p)
+    trainer.fit(5)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)
+    plain = sd.Trainer(tiny_model(), ring_data(), batch_size=16, ema_warmup=False, ema_decay=0.75, progress=False)
+    before = [p.detach().clone() for p in plain.model.parameters()]
+    plain.fit(1)
+    for e, p0, p in zip(plain.ema_model.parameters(), before, plain.model.parameters()):
+        torch.testing.assert_close(e, 0.75 * p0 + 0.25 * p)
+
+
+def test_sample_fn_is_called_and_leaves_the_trajectory_alone():
+    seen = []
+
+    def sample_fn(model, step):
+        seen.append((step, model.training))
+        return torch.randn(3)  # draws from the global RNG, which the Trainer forks
+
+    a = sd.Trainer(tiny_model(), ring_data(), batch_size=16, sample_every=2, sample_fn=sample_fn, progress=False)
+    torch.manual_seed(1)
+    a.fit(5)
+    b = sd.Trainer(tiny_model(), ring_data(), batch_size=16, progress=False)
+    torch.manual_seed(1)
+    b.fit(5)
+    assert seen == [(2, False), (4, False)] and [s for s, _ in a.sample_log] == [2, 4]
+    assert_same_state(a.model, b.model)
+
+
+def test_a_dataset_trains_exactly_like_its_tensor():
+    x = ring_data(64)
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i]
+
+    a = sd.Trainer(tiny_model(), x, batch_size=24, progress=False).fit(4)  # batches cross epochs
+    b = sd.Trainer(tiny_model(), Items(), batch_size=24, progress=False).fit(4)
+    c = sd.Trainer(tiny_model(), torch.utils.data.TensorDataset(x), batch_size=24, progress=False).fit(4)
+    assert_same_state(a.model, b.model)
+    assert_same_state(a.model, c.model)
+
+
+def test_unet_on_digits_with_labels_runs_a_few_steps():
+    x, y = sd.data.load_digits("test")
+    torch.manual_seed(0)
+    net = sd.nets.UNet(base_channels=8, groups=4, num_classes=10)
+    trainer = sd.Trainer(sd.ScoreModel(net, sd.VPSDE(), prediction="v"), (x, y), batch_size=16,
+                         label_dropout=0.1, progress=False)
+    trainer.fit(3)
+    assert trainer.step == 3 and all(torch.isfinite(torch.tensor(trainer.loss_history)))
+
+
+@pytest.mark.parametrize(
+    "data, kwargs, match",
+    [
+        (torch.zeros(0, 2), {}, r"data must have shape \(N, \*shape\) with N >= 1"),
+        (torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), {}, "data contains non-finite values"),
+        (torch.zeros(4, 3), {}, r"data samples of shape \(3,\) do not fit the network MLP: x must have shape \(B, dim\) = \(B, 2\)"),
+        (torch.zeros(4, 2, dtype=torch.long), {}, "data must be a floating-point tensor"),
+        ([1.0, 2.0], {}, "data must be a tensor"),
+        ((torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), {}, "data has labels but the network has no num_classes"),
+        (torch.zeros(4, 2), {"batch_size": 0}, "batch_size must be an integer >= 1; got 0"),
+        (torch.zeros(4, 2), {"lr": float("nan")}, "lr must be a finite number > 0"),
+        (torch.zeros(4, 2), {"weighting": "mse"}, "weighting='mse' is not valid; choose one of"),
+        (torch.zeros(4, 2), {"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+        (torch.zeros(4, 2), {"grad_clip": 0.0}, "grad_clip must be None or a finite number > 0"),
+        (torch.zeros(4, 2), {"bf16": True}, "bf16=True needs a CUDA device; got device='cpu'"),
+        (torch.zeros(4, 2), {"sample_every": 5}, "sample_every > 0 needs a callable sample_fn"),
+        (torch.zeros(4, 2), {"label_dropout": 0.1}, "label_dropout > 0 needs labelled data"),
+    ],
+)
+def test_bad_trainer_inputs(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sd.Trainer(tiny_model(), data, progress=False, **kwargs)
+
+
+def test_bad_model_and_fit_arguments():
+    with pytest.raises(ValueError, match="model has no trainable parameters"):
+        sd.Trainer(RING.score_model(sd.VPSDE()), ring_data())
+    with pytest.raises(ValueError, match="model must be a scoresde.ScoreModel"):
+        sd.Trainer(torch.nn.Linear(2, 2), ring_data())
+    labelled = sd.ScoreModel(sd.nets.MLP(2, hidden=16, depth=1, num_classes=3), sd.VPSDE())
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes\) = \[0, 3\); got \[0, 3\]"):
+        sd.Trainer(labelled, (torch.zeros(4, 2), torch.tensor([0, 1, 2, 3])))
+    trainer = sd.Trainer(tiny_model(), ring_data(), batch_size=8, progress=False).fit(2)
+    with pytest.raises(ValueError, match="steps=1 is below the 2 steps already done"):
+        trainer.fit(1)
+
+
+def test_resuming_another_configuration_is_refused(tmp_path):
+    _, path = write_good_checkpoint(tmp_path)
+    other_sde = sd.Trainer(tiny_model(sd.VPSDE(beta_max=10.0)), ring_data(), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match=r"is for another configuration: model.sde.params.beta_max: checkpoint 20.0, here 10.0"):
+        other_sde.resume(path)
+    other_net = sd.Trainer(tiny_model(hidden=32), ring_data(), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match=r"model.net.config.hidden: checkpoint 16, here 32"):
+        other_net.resume(path)
+    other_kind = sd.Trainer(tiny_model(sd.VESDE()), ring_data(), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match=r"model.sde.class: checkpoint 'VPSDE', here 'VESDE'"):
+        other_kind.resume(path)
+    other_prediction = sd.Trainer(tiny_model(prediction="v"), ring_data(), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match=r"model.prediction: checkpoint 'eps', here 'v'"):
+        other_prediction.resume(path)
+    with pytest.warns(UserWarning, match="trainer.lr: checkpoint 0.0002, here 0.001"):
+        sd.Trainer(tiny_model(), ring_data(), batch_size=16, lr=1e-3, progress=False).resume(path)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """DDP on 2 CPU processes (gloo) = a 1-process run on the same global batch: identical
+    parameters across ranks, equal to the single run within float summation error; the
+    rank-0 checkpoint resumes in a single process."""
+    tests = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tests / "_ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    single = make_trainer()
+    single.fit(STEPS)
+    for key, value in single.model.state_dict().items():
+        assert torch.equal(rank0[key], rank1[key]), key
+        torch.testing.assert_close(rank0[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    resumed = sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", (single.data.x, single.data.y), progress=False)
+    assert resumed.step == STEPS
+    single.fit(STEPS + 2)
+    resumed.fit(STEPS + 2)
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
