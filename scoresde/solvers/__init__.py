@@ -1,5 +1,6 @@
 """Samplers, all behind `scoresde.sample` and one registry (`available()`, `get()`, `register()`)."""
-from . import backends, exponential, ode  # noqa: F401  (importing registers the solvers)
+# importing registers the solvers, in the order `available()` lists them
+from . import ode, exponential, sde, adaptive, backends  # noqa: F401,I001
 from ._loop import Loop, NonFiniteError
 from .registry import SolverInfo, available, get, register
 from .sampling import DEFAULT_SCHEDULE, DEFAULT_SOLVER, DEFAULT_STEPS, SampleResult, sample

@@ -25,7 +25,7 @@ def euler(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> t
     return x
 
 
-@register("heun", kind="ode", order=2, evals_per_step=2, description="EDM's 2nd-order Heun, last step Euler")
+@register("heun", kind="ode", order=2, evals_per_step=2, extra_evals=-1, description="EDM's 2nd-order Heun, last step Euler")
 def heun(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
     # Karras et al. 2022, Algorithm 1 (deterministic)
     last = len(ts) - 2

@@ -18,11 +18,13 @@ class SolverInfo:
     name: str
     fn: Callable
     kind: str  # "ode" (deterministic probability flow) or "sde" (stochastic)
-    order: int  # convergence order of the default options (strong order for SDE solvers)
+    order: int  # with default options: global order (ODE solvers), weak order (SDE solvers); tested
     evals_per_step: Union[int, str]  # network evaluations per step, or "adaptive"
     affine: bool  # needs an affine SDE (alpha, sigma, log-SNR)
     description: str = ""
     defaults: Dict[str, object] = field(default_factory=dict)  # option values this name implies
+    default_schedule: Optional[str] = None  # the schedule it needs by default, if not the SDE's
+    extra_evals: int = 0  # evaluations beyond steps x evals_per_step (Heun's Euler last step: -1)
 
     @property
     def options(self) -> List[str]:
@@ -34,9 +36,7 @@ class SolverInfo:
         """The largest step count whose evaluations fit in `nfe` (for a fixed-step solver)."""
         if self.evals_per_step == "adaptive":
             raise ValueError(f"solver {self.name!r} is adaptive; its NFE is not set by steps")
-        if self.name == "heun":  # the last Heun step is a single Euler evaluation
-            return max((nfe + 1) // 2, 1)
-        return max(nfe // int(self.evals_per_step), 1)
+        return max((nfe - self.extra_evals) // int(self.evals_per_step), 1)
 
 
 _REGISTRY: Dict[str, SolverInfo] = {}
@@ -50,6 +50,8 @@ def register(
     affine: bool = False,
     description: str = "",
     defaults: Optional[Dict[str, object]] = None,
+    default_schedule: Optional[str] = None,
+    extra_evals: int = 0,
 ) -> Callable[[Callable], Callable]:
     """Decorator adding `fn` to the registry under `name`. `defaults` are option values this
     name implies, so one function can serve several names (e.g. 'dpm++2m' and 'dpm++3m');
@@ -60,7 +62,10 @@ def register(
     def wrap(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"a solver named {name!r} is already registered")
-        _REGISTRY[name] = SolverInfo(name, fn, kind, order, evals_per_step, affine, description, dict(defaults or {}))
+        _REGISTRY[name] = SolverInfo(
+            name, fn, kind, order, evals_per_step, affine, description, dict(defaults or {}), default_schedule,
+            extra_evals,
+        )
         return fn
 
     return wrap

@@ -1,0 +1,23 @@
+"""Named analytic problems: Gaussian mixtures whose every noised density is known exactly."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from .._utils import check_choice
+from .gmm import GaussianMixture
+
+__all__ = ["PROBLEMS", "get_problem"]
+
+PROBLEMS: Dict[str, Callable[[], GaussianMixture]] = {
+    "ring2d": lambda: GaussianMixture.ring(modes=8),
+    "gmm16d": lambda: GaussianMixture.random(dim=16, components=8, seed=0),
+    "gmm64d": lambda: GaussianMixture.random(dim=64, components=8, seed=1),
+    "bimodal1d": GaussianMixture.bimodal_1d,
+    "gaussian2d": lambda: GaussianMixture.gaussian(2, mean=0.5, std=0.5),
+}
+
+
+def get_problem(name: str) -> GaussianMixture:
+    """The mixture named `name`, one of PROBLEMS."""
+    check_choice("problem", name, PROBLEMS)
+    return PROBLEMS[name]()
