@@ -16,3 +16,6 @@ __all__ = [
     "schedules", "solvers", "sample", "SampleResult",
 ]
 __all__ += ["nets", "losses", "dsm_loss", "Trainer"]
+from . import likelihood
+from .likelihood import bits_per_dim, encode, log_likelihood
+__all__ += ["likelihood", "log_likelihood", "encode", "bits_per_dim"]
