@@ -14,6 +14,7 @@ PROBLEMS: Dict[str, Callable[[], GaussianMixture]] = {
     "gmm64d": lambda: GaussianMixture.random(dim=64, components=8, seed=1),
     "bimodal1d": GaussianMixture.bimodal_1d,
     "gaussian2d": lambda: GaussianMixture.gaussian(2, mean=0.5, std=0.5),
+    "gaussian": lambda: GaussianMixture.gaussian(2, mean=0.5, std=0.5),  # alias of gaussian2d
 }
 
 
