@@ -98,17 +98,27 @@ def _resolve(model: ScoreModel, sde: Optional[SDE], x: torch.Tensor, t_eps: Opti
     return sde, float(t_eps)
 
 
-def _velocity(model: ScoreModel, sde: SDE, x: torch.Tensor, t: float, need_grad: bool) -> torch.Tensor:
+_NOT_DIFFERENTIABLE = (
+    "the model's score is not differentiable with respect to x (computed under torch.no_grad, detached, or "
+    "outside torch): the divergence needs autograd; the network must keep its graph back to its input"
+)
+
+
+def _velocity(model: ScoreModel, sde: SDE, x: torch.Tensor, t: float, need_grad: bool,
+              check_graph: bool = False) -> torch.Tensor:
     """The probability-flow velocity v(x, t): one network evaluation. With `need_grad`, refuse a
-    score that carries no graph back to x (computed under no_grad, detached, or non-torch)."""
+    score that carries no graph back to x (computed under no_grad, detached, or non-torch);
+    `check_graph` also tries one backward pass, which catches a graph through the parameters
+    only (e.g. net(x.detach())). A score that truly does not depend on x is refused as well."""
 
     def score(x_: torch.Tensor, t_) -> torch.Tensor:
         s = model.score(x_, t_)
         if need_grad and not s.requires_grad:
-            raise ValueError(
-                "the model's score is not differentiable with respect to x (computed under torch.no_grad, "
-                "detached, or outside torch): the divergence needs autograd; the network must keep its graph"
-            )
+            raise ValueError(_NOT_DIFFERENTIABLE)
+        if check_graph:
+            (grad,) = torch.autograd.grad(s.sum(), x_, retain_graph=True, allow_unused=True)
+            if grad is None:
+                raise ValueError(_NOT_DIFFERENTIABLE)
         return s
 
     return sde.reverse(score, probability_flow=True).drift(x, t)
@@ -153,7 +163,7 @@ def divergence(
     eps = None if trace == "exact" else _draw_probes(x.shape, probes, noise, generator, x.dtype, x.device)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        v = _velocity(model, model.sde, x, float(t), need_grad=True)
+        v = _velocity(model, model.sde, x, float(t), need_grad=True, check_graph=True)
         return _divergence(v, x, eps).detach()
 
 
@@ -201,11 +211,14 @@ def log_likelihood(
     _check_trace_options(trace, probes, noise)
     eps = None if trace == "exact" else _draw_probes(x.shape, probes, noise, generator, x.dtype, x.device)
 
+    first = [True]  # check the graph to x once per solve (one extra backward pass)
+
     def func(t: torch.Tensor, state):
         x_t, _ = state
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(True)
-            v = _velocity(model, sde, x_t, float(t), need_grad=True)
+            v = _velocity(model, sde, x_t, float(t), need_grad=True, check_graph=first[0])
+            first[0] = False
             div = _divergence(v, x_t, eps)
         return v.detach(), div.detach()
 

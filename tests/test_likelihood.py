@@ -194,25 +194,32 @@ def test_bad_dequantization_input():
 
 
 class _NoGradNet(torch.nn.Module):
-    def __init__(self, detach_only=False):
+    """0.1 x computed without a graph back to x, in three ways."""
+
+    def __init__(self, how):
         super().__init__()
-        self.detach_only = detach_only
+        self.how = how
+        self.scale = torch.nn.Parameter(torch.tensor(0.1))
 
     def forward(self, x, t):
-        if self.detach_only:
+        if self.how == "detached":
             return (0.1 * x).detach()
+        if self.how == "input_detached":  # a graph through the parameters only
+            return self.scale * x.detach()
         with torch.no_grad():
             return 0.1 * x
 
 
-@pytest.mark.parametrize("detach_only", [False, True], ids=["no_grad", "detached"])
-def test_non_differentiable_model(detach_only):
-    model = sd.ScoreModel(_NoGradNet(detach_only), sd.VPSDE(), prediction="eps")
+@pytest.mark.parametrize("how", ["no_grad", "detached", "input_detached"])
+def test_non_differentiable_model(how):
+    model = sd.ScoreModel(_NoGradNet(how), sd.VPSDE(), prediction="eps")
     x = data(GaussianMixture.ring(), n=2)
     with pytest.raises(ValueError, match="not differentiable"):
         log_likelihood(model, x)
     with pytest.raises(ValueError, match="not differentiable"):
         log_likelihood(model, x, trace="hutchinson")
+    with pytest.raises(ValueError, match="not differentiable"):
+        divergence(model, x, 0.5)
     assert encode(model, x, rtol=1e-3, atol=1e-3).shape == x.shape  # no trace: no gradient needed
 
 
