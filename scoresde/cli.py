@@ -86,7 +86,7 @@ def _cmd_nll(args: argparse.Namespace) -> None:
             raise ValueError(str(err)) from err
         model = _build_model(state["config"]["model"])
         model.load_state_dict(state[args.weights])
-        model.to(args.device).eval()
+        model.to(device=args.device, dtype=dtype).eval()
         x, _ = load_digits(args.split, dtype=dtype, device=args.device)
         x = x[: args.n]
         # digits: grey levels 0..16 scaled by k/8 - 1, so 17 levels (bins of width 1/8)

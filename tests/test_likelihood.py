@@ -241,8 +241,9 @@ def test_cli_nll_checkpoint(tmp_path, capsys):
     model = sd.ScoreModel(sd.nets.UNet(base_channels=8, channel_mults=(1,), groups=4), sd.VPSDE(), prediction="eps")
     trainer = sd.Trainer(model, x[:64], batch_size=16, warmup_steps=1, progress=False, ckpt_dir=tmp_path)
     path = trainer.fit(2).save()
-    assert main(["nll", "--ckpt", str(path), "--n", "3", "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3",
-                 "--dtype", "float32"]) == 0
+    for dtype in ("float64", "float32"):  # the model follows the data's dtype
+        assert main(["nll", "--ckpt", str(path), "--n", "3", "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3",
+                     "--dtype", dtype]) == 0
     out = capsys.readouterr().out
     assert "bits/dim (95% CI)" in out and "n=3" in out
     assert main(["nll", "--ckpt", str(tmp_path / "missing.pt")]) == 2
