@@ -5,7 +5,7 @@ x_t = alpha x0 + sigma eps (DESIGN.md): score = -eps / sigma, v = alpha eps - si
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import torch
 

@@ -327,21 +327,15 @@ class SubVPSDE(_LinearBetaSDE):
         return self._t_of_log_alpha(math.log(2) - torch.log(e + torch.sqrt(e**2 + 4)))
 
 
-class VESDE(AffineSDE):
-    """Variance exploding SDE (NCSN's continuous limit): alpha = 1,
-    sigma(t) = sigma_min (sigma_max / sigma_min)^t, g^2 = 2 sigma^2 log(sigma_max / sigma_min)."""
+class _UnitAlphaSDE(AffineSDE):
+    """Shared by VE and EDM: no drift (alpha = 1), noise level between sigma_min and sigma_max."""
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
+    def _set_noise_range(self, sigma_min: float, sigma_max: float) -> None:
         self.sigma_min = _check_positive("sigma_min", sigma_min)
         if not math.isfinite(float(sigma_max)) or sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max must be finite and > sigma_min = {self.sigma_min:g}; got {sigma_max!r}")
         self.sigma_max = float(sigma_max)
-        self.T = 1.0
-        if not 0 < t_eps < self.T:
-            raise ValueError(f"t_eps must lie in (0, 1); got {t_eps!r}")
-        self.t_eps = float(t_eps)
         self.prior_std = self.sigma_max
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def _params(self) -> dict:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
@@ -352,14 +346,27 @@ class VESDE(AffineSDE):
     def alpha(self, t: Time) -> torch.Tensor:
         return torch.exp(self.log_alpha(t))
 
+    def f(self, t: Time) -> torch.Tensor:
+        return 0 * self.check_time(t)
+
+
+class VESDE(_UnitAlphaSDE):
+    """Variance exploding SDE (NCSN's continuous limit): alpha = 1,
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t, g^2 = 2 sigma^2 log(sigma_max / sigma_min)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
+        self._set_noise_range(sigma_min, sigma_max)
+        self.T = 1.0
+        if not 0 < t_eps < self.T:
+            raise ValueError(f"t_eps must lie in (0, 1); got {t_eps!r}")
+        self.t_eps = float(t_eps)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
     def log_sigma(self, t: Time) -> torch.Tensor:
         return math.log(self.sigma_min) + self.check_time(t) * self._log_ratio
 
     def sigma(self, t: Time) -> torch.Tensor:
         return torch.exp(self.log_sigma(t))
-
-    def f(self, t: Time) -> torch.Tensor:
-        return 0 * self.check_time(t)
 
     def g2(self, t: Time) -> torch.Tensor:
         return 2 * self.sigma(t) ** 2 * self._log_ratio
@@ -368,36 +375,20 @@ class VESDE(AffineSDE):
         return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
 
 
-class EDMSDE(AffineSDE):
+class EDMSDE(_UnitAlphaSDE):
     """The EDM / Karras et al. (2022) process: alpha = 1, sigma(t) = t, so time *is* the noise
     level; g^2 = 2t. Sampling runs from T = sigma_max down to t_eps = sigma_min."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        self.sigma_min = _check_positive("sigma_min", sigma_min)
-        if not math.isfinite(float(sigma_max)) or sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must be finite and > sigma_min = {self.sigma_min:g}; got {sigma_max!r}")
-        self.sigma_max = float(sigma_max)
+        self._set_noise_range(sigma_min, sigma_max)
         self.T = self.sigma_max
         self.t_eps = self.sigma_min
-        self.prior_std = self.sigma_max
-
-    def _params(self) -> dict:
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
-
-    def log_alpha(self, t: Time) -> torch.Tensor:
-        return 0 * self.check_time(t)  # keeps t's graph, so autograd derivatives exist
-
-    def alpha(self, t: Time) -> torch.Tensor:
-        return torch.exp(self.log_alpha(t))
 
     def sigma(self, t: Time) -> torch.Tensor:
         return self.check_time(t).clone()
 
     def log_sigma(self, t: Time) -> torch.Tensor:
         return torch.log(self.check_time(t))
-
-    def f(self, t: Time) -> torch.Tensor:
-        return 0 * self.check_time(t)
 
     def g2(self, t: Time) -> torch.Tensor:
         return 2 * self.check_time(t)

@@ -9,7 +9,7 @@ the ODE is dy/dsigma_hat = eps. All need an affine SDE.
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 import torch
@@ -198,22 +198,30 @@ def unipc(
 _ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
-@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True,
-          description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
-def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 4) -> torch.Tensor:
-    # Zhang & Chen 2023 (DEIS), iPNDM: Adams-Bashforth with equal-step weights on eps in
-    # (y = x/alpha, sigma_hat), lower order for the first steps
+def _sigma_hat_multistep(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, order: int,
+                         weights: Callable[[List[float], int, int], List[float]]) -> torch.Tensor:
+    """Adams-Bashforth in y = x/alpha against sigma_hat: y_{i+1} = y_i + sum_k w_k eps_{i-k},
+    with w = weights(sigma_hat, i, number of eps values so far), lower order for the first steps."""
     _check_order(order, range(1, 5))
     g = Grid.of(model.sde, ts)
     sigma_hat = [math.exp(-lam) for lam in g.lam]
     eps_hist: List[torch.Tensor] = []
     for i, t, t_next in loop.steps():
         eps_hist = ([model.eps(x, t)] + eps_hist)[:order]
-        weights = _ADAMS_BASHFORTH[len(eps_hist)]
-        slope = sum(w * e for w, e in zip(weights, eps_hist))
-        x = g.alpha[i + 1] * (x / g.alpha[i] + (sigma_hat[i + 1] - sigma_hat[i]) * slope)
+        w = weights(sigma_hat, i, len(eps_hist))
+        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, eps_hist)))
         loop.done(i, x)
     return x
+
+
+@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True,
+          description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
+def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 4) -> torch.Tensor:
+    # Zhang & Chen 2023 (DEIS), iPNDM: Adams-Bashforth with equal-step weights on eps
+    def weights(sigma_hat, i, k):
+        return [(sigma_hat[i + 1] - sigma_hat[i]) * c for c in _ADAMS_BASHFORTH[k]]
+
+    return _sigma_hat_multistep(model, x, ts, loop, order, weights)
 
 
 def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]:
@@ -233,14 +241,7 @@ def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]
 def deis(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 3) -> torch.Tensor:
     # Zhang & Chen 2023, rhoAB-DEIS: eps extrapolated by the Lagrange polynomial through the
     # last `order` points in rho = sigma_hat and integrated exactly over the step
-    _check_order(order, range(1, 5))
-    g = Grid.of(model.sde, ts)
-    sigma_hat = [math.exp(-lam) for lam in g.lam]
-    eps_hist: List[torch.Tensor] = []
-    for i, t, t_next in loop.steps():
-        eps_hist = ([model.eps(x, t)] + eps_hist)[:order]
-        nodes = [sigma_hat[i - k] for k in range(len(eps_hist))]
-        weights = _lagrange_integrals(nodes, sigma_hat[i], sigma_hat[i + 1])
-        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w * e for w, e in zip(weights, eps_hist)))
-        loop.done(i, x)
-    return x
+    def weights(sigma_hat, i, k):
+        return _lagrange_integrals([sigma_hat[i - j] for j in range(k)], sigma_hat[i], sigma_hat[i + 1])
+
+    return _sigma_hat_multistep(model, x, ts, loop, order, weights)
