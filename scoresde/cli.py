@@ -112,8 +112,10 @@ def _cmd_nll(args: argparse.Namespace) -> None:
 
 
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("scoresde sample draws its PNG with matplotlib: pip install 'scoresde[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
