@@ -11,15 +11,6 @@ from conftest import all_sdes
 GAUSS = sd.data.GaussianMixture.gaussian(4, mean=0.3, std=torch.tensor([0.5, 1.0, 0.2, 0.8]))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster while other processes load the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scaled_oracle(oracle, sde, prediction, scale=1.0, shift=0.0):
     """A ScoreModel whose raw output is scale * (exact output) + shift."""
     return sd.ScoreModel(lambda x, t: scale * oracle.net(x, t) + shift, sde, prediction=prediction, time_input="t")

@@ -8,15 +8,6 @@ from scoresde.nets import MLP, UNet, build_net
 from scoresde.nets.embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster while other processes load the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(net):
     return sum(p.numel() for p in net.parameters())
 

@@ -13,15 +13,6 @@ from _training_setup import STEPS, make_trainer
 RING = sd.data.GaussianMixture.ring()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster while other processes load the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sliced_w2(a, b, n_proj=128, seed=0):
     """Sliced 2-Wasserstein distance between equal-size sample sets: RMS over random unit
     directions of the W2 distance between the sorted 1-D projections."""
