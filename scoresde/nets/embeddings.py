@@ -90,3 +90,17 @@ class LabelEmbedding(nn.Module):
             # (checked on CPU only, to keep accelerator loops free of syncs)
             raise ValueError(f"y must lie in [0, num_classes={self.num_classes}] (num_classes = null label)")
         return self.table(y)
+
+
+def embed_time_and_label(time_embed: nn.Module, label_embed: "LabelEmbedding | None", t: torch.Tensor,
+                         y: torch.Tensor | None, batch: int, device: torch.device, net: str) -> torch.Tensor:
+    """time_embed(t) (t a scalar or (B,)) plus label_embed(y) when the net has labels: (B, dim).
+    Shared by MLP and UNet; `net` names the caller in the error for a label it cannot take."""
+    if t.ndim == 0:
+        t = t.expand(batch)
+    emb = time_embed(t)
+    if label_embed is not None:
+        return emb + label_embed(y, batch, device)
+    if y is not None:
+        raise ValueError(f"y was given but the {net} was built without num_classes")
+    return emb

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .embeddings import LabelEmbedding, make_time_embedding
+from .embeddings import LabelEmbedding, embed_time_and_label, make_time_embedding
 
 __all__ = ["MLP"]
 
@@ -92,13 +92,7 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, dim) = (B, {self.dim}); got {tuple(x.shape)}")
         b = x.shape[0]
-        if t.ndim == 0:
-            t = t.expand(b)
-        emb = self.time_embed(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, b, x.device)
-        elif y is not None:
-            raise ValueError("y was given but the MLP was built without num_classes")
+        emb = embed_time_and_label(self.time_embed, self.label_embed, t, y, b, x.device, "MLP")
         if self.cond_embed is not None:
             if cond is not None:
                 if cond.shape != (b, self.cond_dim):

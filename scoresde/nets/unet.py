@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .embeddings import LabelEmbedding, make_time_embedding
+from .embeddings import LabelEmbedding, embed_time_and_label, make_time_embedding
 
 __all__ = ["UNet"]
 
@@ -132,13 +132,7 @@ class UNet(nn.Module):
                 f"H and W must be divisible by 2^(len(channel_mults) - 1) = {self.factor}; got {tuple(x.shape[2:])}"
             )
         b = x.shape[0]
-        if t.ndim == 0:
-            t = t.expand(b)
-        emb = self.time_embed(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, b, x.device)
-        elif y is not None:
-            raise ValueError("y was given but the UNet was built without num_classes")
+        emb = embed_time_and_label(self.time_embed, self.label_embed, t, y, b, x.device, "UNet")
         emb = nn.functional.silu(emb)
         h = self.conv_in(x)
         hs: List[torch.Tensor] = [h]
