@@ -13,6 +13,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+class CountingNet:
+    """Wraps an oracle's net to count calls independently of ScoreModel.nfe."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+
 def all_sdes():
     return [sd.VPSDE(), sd.CosineVPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.EDMSDE()]
 

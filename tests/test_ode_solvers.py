@@ -7,7 +7,7 @@ import torch
 
 import scoresde as sd
 from scoresde.data import GaussianMixture
-from conftest import all_sdes
+from conftest import CountingNet, all_sdes
 
 FIXED_STEP = [n for n in sd.solvers.available("ode") if sd.solvers.get(n).evals_per_step != "adaptive"]
 RING = GaussianMixture.ring()
@@ -89,17 +89,6 @@ def test_dpmpp_at_first_order_is_ddim():
 def expected_nfe(solver, steps):
     info = sd.solvers.get(solver)
     return steps * info.evals_per_step + info.extra_evals
-
-
-class CountingNet:
-    """Wraps an oracle's net to count calls independently of ScoreModel.nfe."""
-
-    def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.net(*args, **kwargs)
 
 
 @pytest.mark.parametrize("prediction", sd.PREDICTIONS)

@@ -8,18 +8,10 @@ import torch
 import scoresde as sd
 from scoresde import metrics
 from scoresde.data import GaussianMixture
+from conftest import CountingNet
 
 SDE_SOLVERS = sd.solvers.available("sde")
 RING = GaussianMixture.ring()
-
-
-class CountingNet:
-    def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.net(*args, **kwargs)
 
 
 # options that make each solver accurate enough to sit on the exact distribution at ~200 steps;
