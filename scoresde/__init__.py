@@ -19,3 +19,5 @@ __all__ += ["nets", "losses", "dsm_loss", "Trainer"]
 from . import likelihood
 from .likelihood import bits_per_dim, encode, log_likelihood
 __all__ += ["likelihood", "log_likelihood", "encode", "bits_per_dim"]
+from . import guidance
+__all__ += ["guidance"]

@@ -233,11 +233,13 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 # ---- the loss as a module (what DistributedDataParallel wraps) ----------------------------
 class _LossModule(nn.Module):
-    def __init__(self, model: ScoreModel, weighting: str, t_sampling: str):
+    def __init__(self, model: ScoreModel, weighting: str, t_sampling: str, loss_fn: Optional[Callable] = None):
         super().__init__()
-        self.model, self.weighting, self.t_sampling = model, weighting, t_sampling
+        self.model, self.weighting, self.t_sampling, self.loss_fn = model, weighting, t_sampling, loss_fn
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, x0, t, noise, **cond)
         return dsm_loss(self.model, x0, t=t, noise=noise, weighting=self.weighting, t_sampling=self.t_sampling, **cond)
 
 
@@ -277,6 +279,10 @@ class Trainer:
         bf16: bfloat16 autocast of the forward pass (CUDA only).
         device: training device; None: where the model's parameters are.
         progress: show a tqdm bar with the loss (rank 0 only).
+        loss_fn: replaces the denoising score-matching loss: loss_fn(model, x0, t, noise, **cond)
+            -> scalar, given the batch, its times (drawn as `t_sampling` says) and noise, and
+            labels as `y` when `use_labels` (e.g. `guidance.classifier_loss` trains a
+            time-dependent classifier). Not stored in checkpoints: pass it again on resume.
 
     Attributes: `step` (optimizer steps done), `ema_model`, `loss_history` (one float per step),
     `checkpoint_path`.
@@ -311,6 +317,7 @@ class Trainer:
         bf16: bool = False,
         device: Union[str, torch.device, None] = None,
         progress: bool = True,
+        loss_fn: Optional[Callable[..., torch.Tensor]] = None,
     ):
         if not isinstance(model, ScoreModel):
             raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
@@ -385,7 +392,9 @@ class Trainer:
 
         self.model = model.to(device)
         self._check_data_fits()
-        self._loss = _LossModule(self.model, weighting, t_sampling)
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError(f"loss_fn must be None or a callable (model, x0, t, noise, **cond) -> loss; got {loss_fn!r}")
+        self._loss = _LossModule(self.model, weighting, t_sampling, loss_fn)
         if self.distributed:  # broadcasts rank 0's parameters to every rank
             self._ddp = nn.parallel.DistributedDataParallel(
                 self._loss, device_ids=[device.index] if device.type == "cuda" else None

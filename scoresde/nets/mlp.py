@@ -37,7 +37,8 @@ class MLP(nn.Module):
         time_embedding: "fourier" (Gaussian Fourier features) or "sinusoidal"
             (see `scoresde.nets.embeddings`).
         cond_dim: if set, `forward` accepts `cond` of shape (B, cond_dim), a continuous
-            condition added to the embedding; cond=None means no condition (a zero vector).
+            condition projected (without bias) onto the embedding; cond=None is exactly a zero
+            vector, the null condition of classifier-free guidance.
         num_classes: if set, `forward` accepts integer labels `y` of shape (B,) in
             [0, num_classes]; `num_classes` itself (and y=None) is the null label.
         fourier_scale: standard deviation of the Fourier frequencies.
@@ -78,7 +79,7 @@ class MLP(nn.Module):
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
         )
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
-        self.cond_embed = nn.Linear(cond_dim, hidden) if cond_dim is not None else None
+        self.cond_embed = nn.Linear(cond_dim, hidden, bias=False) if cond_dim is not None else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)

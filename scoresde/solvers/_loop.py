@@ -1,5 +1,5 @@
 """What every solver loop shares: the grid's coefficients and the per-step bookkeeping
-(finite check, user callback, trajectory, progress bar)."""
+(state replacement, finite check, user callback, trajectory, progress bar)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +31,18 @@ class Grid:
         return cls(ts.tolist(), sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), sde.log_snr(ts).tolist())
 
 
+#: replace(x, t, last) -> x with part of the state replaced (e.g. inpainting's known region)
+Replace = Callable[[torch.Tensor, float, bool], torch.Tensor]
+
+
 class Loop:
-    """Iterates a solver over its grid and does the bookkeeping after each step."""
+    """Iterates a solver over its grid and does the bookkeeping after each step.
+
+    With `replace`, the state is modified after every step before anything else looks at it:
+    `done` overwrites the solver's state tensor in place with replace(x, t_{i+1}, last step?),
+    so the solver continues from the replaced state without knowing about it; `start`
+    returns a replaced copy of the initial state (the caller's tensor is never written).
+    """
 
     def __init__(
         self,
@@ -41,9 +51,11 @@ class Loop:
         progress: bool = False,
         record: bool = False,
         desc: str = "sampling",
+        replace: Optional[Replace] = None,
     ):
         self.ts = ts
         self.callback = callback
+        self.replace = replace
         self.trajectory: Optional[List[torch.Tensor]] = [] if record else None
         self._bar = None
         if progress:
@@ -57,13 +69,20 @@ class Loop:
         for i in range(len(t) - 1):
             yield i, t[i], t[i + 1]
 
-    def start(self, x: torch.Tensor) -> None:
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        """The initial state (replaced, as a new tensor, when the loop has `replace`)."""
+        if self.replace is not None:
+            x = self.replace(x, float(self.ts[0]), False)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())
+        return x
 
     def done(self, i: int, x: torch.Tensor, x0_pred: Optional[torch.Tensor] = None) -> None:
-        """After step i (now at time ts[i+1]): stop on non-finite values, record, call back."""
+        """After step i (now at time ts[i+1]): replace (in place), stop on non-finite values,
+        record, call back."""
         t = float(self.ts[i + 1])
+        if self.replace is not None:
+            x.copy_(self.replace(x, t, i == len(self.ts) - 2))
         if not bool(torch.isfinite(x).all()):
             self.close()
             raise NonFiniteError(f"non-finite values in the state after step {i + 1} of {len(self.ts) - 1} (t={t:.6g})")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..guidance import Inpainting
 from ..model import ScoreModel
 from ..schedules import ScheduleSpec, get_schedule
 from ..sde import SDE
@@ -18,6 +19,9 @@ __all__ = ["sample", "SampleResult", "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFA
 DEFAULT_SOLVER = "ipndm"  # most accurate at 10 NFE in benchmarks/ode_solvers.py (README)
 DEFAULT_SCHEDULE = "logsnr"
 DEFAULT_STEPS = 10
+#: solvers that integrate inside a backend or choose their own steps: a per-step replacement
+#: of the state (inpainting) cannot act on them
+NO_STEP_HOOK = ("torchdiffeq", "scipy", "torchsde", "adaptive_sde")
 
 
 @dataclass
@@ -51,6 +55,7 @@ def sample(
     dtype: Optional[torch.dtype] = None,
     device: Union[str, torch.device, None] = None,
     enable_grad: bool = False,
+    inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     **solver_options,
 ) -> SampleResult:
     """Draw samples by integrating from T down to t_end with a registered solver.
@@ -70,6 +75,11 @@ def sample(
             (Tweedie); it is counted in nfe.
         callback: called after every step with {'i', 't', 'x', 'x0_pred'}.
         enable_grad: keep the autograd graph (e.g. to optimize a schedule); off by default.
+        inpaint: (known (B, *shape), mask (bool, (B, *shape) or (*shape), True = known)):
+            impute the unknown part by the replacement method (`scoresde.guidance`, Song et al.
+            2021, App. I.2): after every step the known part becomes a forward-noised copy of
+            `known` (drawn with `generator`), and at the end `known` itself. Any fixed-step
+            solver; not those in NO_STEP_HOOK. Approximate: see `scoresde.guidance`.
         solver_options: passed to the solver; unknown names raise ValueError.
     """
     info = get(solver)
@@ -91,21 +101,31 @@ def sample(
         steps = 1
     ts = get_schedule(schedule, sde, steps, t_end)
     x = _initial_state(sde, shape, x_T, generator, dtype, device)
+    replace = None
+    if inpaint is not None:
+        if solver in NO_STEP_HOOK:
+            raise ValueError(f"inpaint works with fixed-step solvers; solver={solver!r} is one of {', '.join(NO_STEP_HOOK)}")
+        if not (isinstance(inpaint, (tuple, list)) and len(inpaint) == 2):
+            raise ValueError("inpaint must be a pair (known, mask)")
+        replace = Inpainting(sde, *inpaint, generator=generator)
+        replace.check_state(x)
 
     options = {**info.defaults, **solver_options}
     if info.kind == "sde":
         options["generator"] = generator
-    loop = Loop(ts, callback=callback, progress=progress, record=return_trajectory, desc=solver)
+    loop = Loop(ts, callback=callback, progress=progress, record=return_trajectory, desc=solver, replace=replace)
     nfe_start = model.nfe
     start = time.perf_counter()
     with torch.set_grad_enabled(enable_grad):
-        loop.start(x)
+        x = loop.start(x)
         try:
             x = info.fn(model, x, ts, loop, **options)
         finally:
             loop.close()
         if denoise:
             x = model.x0(x, float(ts[-1]))
+            if replace is not None:
+                x = replace(x, float(ts[-1]), True)
     seconds = time.perf_counter() - start
     trajectory = torch.stack(loop.trajectory) if return_trajectory else None
     return SampleResult(x, model.nfe - nfe_start, ts, solver, seconds, trajectory)

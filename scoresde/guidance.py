@@ -1,0 +1,296 @@
+"""Conditional generation: classifier-free guidance, classifier guidance and inpainting.
+
+Guided models are `ScoreModel`s, so every ODE and SDE sampler runs them unchanged.
+
+Classifier-free guidance (Ho & Salimans 2022): with the conditional and unconditional
+predictions of one network trained with condition dropout,
+
+    eps_guided = eps_uncond + scale * (eps_cond - eps_uncond)
+
+(scale 0: unconditional, 1: conditional, > 1: sharper, less diverse). Every conversion of
+`ScoreModel` (eps, x0, v, score, EDM's denoiser) is affine in the raw network output with
+coefficients that depend only on (x, t), so this combination is the same whether it is written
+in eps, x0, score or the raw output; `ClassifierFree` combines raw outputs.
+
+Classifier guidance (Dhariwal & Nichol 2021, eq. 12 in score form; Song et al. 2021, eq. 48):
+
+    score_guided = score(x_t, t) + scale * grad_x log p(y | x_t, t)
+
+How guided evaluations count in `nfe`. One evaluation of a guided model is one counted
+evaluation (`nfe += 1`, so `SampleResult.nfe` equals a solver's step count times its
+evaluations per step, as for an unguided model), and it makes exactly one call of the
+wrapped model (whose own `nfe` also rises by 1):
+
+- `ClassifierFree` with 0 < scale != 1: one batched network call on 2B rows (conditional rows
+  first, then unconditional), so the compute of an evaluation is that of an unguided one at
+  twice the batch. Compare wall time, not NFE, with unguided sampling. At scale 0 or 1 only the
+  B rows that matter are evaluated.
+- `Classifier`: one call of the score network on B rows, plus one classifier forward and
+  backward pass on B rows, counted apart in `classifier_evals` (it is not a score network).
+
+Inpainting / imputation (Song et al. 2021, Appendix I.2, the "replacement" method): after every
+solver step, now at time t, the known coordinates of the state are replaced by a fresh forward-
+noised copy alpha(t) y + sigma(t) z of the known values y; at the end they are set to y itself
+(noise-free), while SDE samplers also return their noise-free mean. `scoresde.sample(...,
+inpaint=(known, mask))` does this through one per-step hook of the solver loop, for every
+fixed-step ODE and SDE solver. Limits: the replacement makes the unknown coordinates follow
+p_t(x_unknown | noisy known) step by step, which is not the exact conditional p(x_unknown | y)
+in general: an early decision of the unknown part that the known part contradicts is never
+undone (corrector steps reduce but do not remove this). `tests/test_guidance.py` measures it
+against the exact conditional of a Gaussian mixture.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .model import ScoreModel
+from .sde import AffineSDE
+
+__all__ = ["ClassifierFree", "Classifier", "NoisyClassifier", "classifier_loss", "Inpainting"]
+
+
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number >= 0 (0: unconditional, 1: conditional); got {scale!r}")
+    return float(scale)
+
+
+def _check_model(model: object) -> ScoreModel:
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
+    return model
+
+
+class _Guided(ScoreModel):
+    """A ScoreModel serving a modified output of `model` (same SDE, prediction, time input)."""
+
+    def __init__(self, model: ScoreModel):
+        _check_model(model)
+        super().__init__(model.net, model.sde, model.prediction, model.time_input, model.sigma_data)
+        self.model = model
+
+    def _fixed_conditioning(self, cond: dict) -> None:
+        if cond:
+            raise ValueError(
+                f"a guided model's condition is fixed when it is built; got extra keyword(s) {', '.join(cond)}"
+            )
+
+
+class ClassifierFree(_Guided):
+    """Classifier-free guidance of a conditional `model` (Ho & Salimans 2022).
+
+    Args:
+        model: a ScoreModel whose network takes labels `y` (built with `num_classes`, trained
+            with `label_dropout`) or a continuous condition `cond` (an MLP with `cond_dim`,
+            trained with the condition dropped to zeros).
+        cond: the condition of each sample: integer labels (B,) in [0, num_classes), passed as
+            `y`; or a float tensor (B, cond_dim), passed as `cond`. B is the sampling batch.
+        scale: guidance scale >= 0: 0 unconditional, 1 conditional, > 1 guided.
+        null: the null condition, shaped like `cond`; default the null label `num_classes`
+            for labels, zeros for a continuous condition.
+    """
+
+    def __init__(self, model: ScoreModel, cond: torch.Tensor, scale: float, null: Optional[torch.Tensor] = None):
+        super().__init__(model)
+        self.scale = _check_scale(scale)
+        if not isinstance(cond, torch.Tensor) or cond.ndim == 0:
+            raise ValueError("cond must be a tensor: labels (B,) or a continuous condition (B, cond_dim)")
+        net = model.net
+        if cond.is_floating_point():
+            self.key = "cond"
+            cond_dim = getattr(net, "cond_dim", None)
+            if cond_dim is None:
+                raise ValueError(f"cond is a float tensor but the network {type(net).__name__} has no cond_dim")
+            if cond.ndim != 2 or cond.shape[1] != cond_dim:
+                raise ValueError(f"cond must have shape (B, cond_dim) = (B, {cond_dim}); got {tuple(cond.shape)}")
+            default_null = torch.zeros_like(cond)
+        else:
+            self.key = "y"
+            num_classes = getattr(net, "num_classes", None)
+            if num_classes is None:
+                raise ValueError(f"cond holds labels but the network {type(net).__name__} has no num_classes")
+            if cond.ndim != 1:
+                raise ValueError(f"cond (labels) must have shape (B,); got {tuple(cond.shape)}")
+            lo, hi = int(cond.min()), int(cond.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(
+                    f"cond (labels) must lie in [0, num_classes) = [0, {num_classes}) (the null label "
+                    f"{num_classes} is the unconditional model); got values in [{lo}, {hi}]"
+                )
+            default_null = torch.full_like(cond, num_classes)
+        if null is None:
+            null = default_null
+        elif null.shape != cond.shape or null.dtype != cond.dtype:
+            raise ValueError(f"null must match cond: {cond.dtype} {tuple(cond.shape)}; got {null.dtype} {tuple(null.shape)}")
+        self.cond, self.null = cond, null
+
+    def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The guided raw output at (x, t): one counted evaluation (see the module docstring)."""
+        self._fixed_conditioning(cond)
+        if x.shape[0] != self.cond.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but cond was given for a batch of {self.cond.shape[0]}")
+        t = self._batch_time(x, t)
+        cond_c, cond_u = self.cond.to(x.device), self.null.to(x.device)
+        if self.scale == 1:
+            out = self.model(x, t, **{self.key: cond_c})
+        elif self.scale == 0:
+            out = self.model(x, t, **{self.key: cond_u})
+        else:
+            both = self.model(torch.cat([x, x]), torch.cat([t, t]), **{self.key: torch.cat([cond_c, cond_u])})
+            out_c, out_u = both.chunk(2)
+            out = out_u + self.scale * (out_c - out_u)
+        self.nfe += 1
+        return out
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, condition={self.key!r}"
+
+
+class Classifier(_Guided):
+    """Classifier guidance: score + scale * grad_x log p(y | x_t, t) (Dhariwal & Nichol 2021).
+
+    Args:
+        model: the (unconditional) ScoreModel.
+        classifier: (x (B, *shape), t (B,) model time) -> logits (B, K) of p(y | x_t, t), e.g. a
+            trained `NoisyClassifier`, or an exact posterior's log-probabilities.
+        y: target labels (B,) in [0, K).
+        scale: guidance scale >= 0 (0: the model itself; 1: the exact conditional score when
+            the classifier is the exact posterior).
+
+    The gradient is taken with autograd even when sampling runs without gradients; it is
+    not differentiated further (no graph through it).
+    """
+
+    def __init__(self, model: ScoreModel, classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 y: torch.Tensor, scale: float):
+        super().__init__(model)
+        if not callable(classifier):
+            raise ValueError("classifier must be a callable (x, t) -> logits (B, K)")
+        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
+            raise ValueError(f"y must be an integer tensor of shape (B,); got {getattr(y, 'dtype', type(y))} "
+                             f"{tuple(getattr(y, 'shape', ()))}")
+        if y.numel() and int(y.min()) < 0:
+            raise ValueError(f"y must lie in [0, K) for a classifier with K classes; got minimum {int(y.min())}")
+        self.classifier, self.y = classifier, y
+        self.scale = _check_scale(scale)
+        self.classifier_evals = 0
+
+    def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(y | x_t = x, t), shaped like x; t of shape (B,)."""
+        y = self.y.to(x.device)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            logits = self.classifier(x_in, t)
+            if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+                raise ValueError(f"the classifier must return logits (B, K) = ({x.shape[0]}, K); got {tuple(logits.shape)}")
+            if y.device.type == "cpu" and int(y.max()) >= logits.shape[1]:
+                raise ValueError(f"y must lie in [0, K) = [0, {logits.shape[1]}); got maximum {int(y.max())}")
+            log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
+            (grad,) = torch.autograd.grad(log_p, x_in)
+        self.classifier_evals += 1
+        return grad
+
+    def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The guided raw output at (x, t): one counted evaluation (see the module docstring)."""
+        self._fixed_conditioning(cond)
+        if x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but y was given for a batch of {self.y.shape[0]}")
+        t = self._batch_time(x, t)
+        out = self.model(x, t)
+        self.nfe += 1
+        if self.scale == 0:
+            return out
+        grad = self.scale * self.log_prob_grad(x, t)
+        if self.prediction == "score":
+            return out + grad
+        # score = -eps / sigma, so adding s * grad to the score subtracts sigma * s * grad from eps
+        eps, _ = self.to_eps_x0(out, x, t)
+        alpha, sigma = self._alpha_sigma(x, t)
+        eps = eps - sigma * grad
+        return self.target(eps, (x - sigma * eps) / alpha, x, t)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class NoisyClassifier(ScoreModel):
+    """A time-dependent classifier p(y | x_t, t): `net(x_in, t_in)` -> logits (B, K).
+
+    A ScoreModel only to share what training needs: the SDE, the network's time input, NFE
+    counting and the `Trainer` (EMA, checkpoints, resumption). Train it with
+    `Trainer(NoisyClassifier(net, sde), (x, labels), loss_fn=classifier_loss)`; the network
+    must have `num_classes` (K). It serves logits, not a score: `eps`, `x0` and `score` raise.
+    """
+
+    def __init__(self, net: Callable[..., torch.Tensor], sde: AffineSDE, time_input="t"):
+        super().__init__(net, sde, prediction="eps", time_input=time_input)
+
+    def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        """Logits (B, K) at (x, t)."""
+        t = self._batch_time(x, t)
+        logits = self.net(x, self.network_time(t).to(x.dtype), **cond)
+        self.nfe += 1
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the classifier network must return logits (B, K) = ({x.shape[0]}, K); got {tuple(logits.shape)}")
+        return logits
+
+    def to_eps_x0(self, out, x, t):
+        raise TypeError("a NoisyClassifier serves class logits, not a score; guide a score model with guidance.Classifier")
+
+    def score(self, x, t, **cond):
+        return self.to_eps_x0(None, x, t)
+
+
+def classifier_loss(model: NoisyClassifier, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of p(y | x_t, t) at x_t = alpha(t) x0 + sigma(t) noise, mean over the batch:
+    the `loss_fn` that trains a `NoisyClassifier` with `Trainer`. x0, noise (B, *shape); t, y (B,)."""
+    logits = model(model.sde.marginal(x0, t, noise), t)
+    return nn.functional.cross_entropy(logits, y)
+
+
+class Inpainting:
+    """The replacement method (Song et al. 2021, Appendix I.2) as a per-step hook of the solver
+    loop; build it through `scoresde.sample(..., inpaint=(known, mask))`.
+
+    Args:
+        sde: an affine SDE (its forward marginal noises the known values).
+        known: (B, *shape) values of the known coordinates (anything where mask is False).
+        mask: bool, (B, *shape) or (*shape), True where the value is known.
+        generator: source of the forward noise (fresh at every step).
+    """
+
+    def __init__(self, sde: AffineSDE, known: torch.Tensor, mask: torch.Tensor,
+                 generator: Optional[torch.Generator] = None):
+        if not sde.is_affine:
+            raise ValueError(f"inpainting needs an affine SDE (its forward marginal); {type(sde).__name__} is not")
+        if not isinstance(known, torch.Tensor) or not known.is_floating_point() or known.ndim < 2:
+            raise ValueError(f"known must be a float tensor (B, *shape); got {getattr(known, 'dtype', type(known))}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = known) of shape (B, *shape) or (*shape); "
+                             f"got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if tuple(mask.shape) not in (tuple(known.shape), tuple(known.shape[1:])):
+            raise ValueError(f"mask must have shape (B, *shape) = {tuple(known.shape)} or (*shape) = "
+                             f"{tuple(known.shape[1:])}; got {tuple(mask.shape)}")
+        if not bool(torch.isfinite(torch.where(mask, known, 0)).all()):
+            raise ValueError("known contains non-finite values where mask is True")
+        self.sde, self.generator = sde, generator
+        self.known, self.mask = known, mask.expand(known.shape)
+
+    def check_state(self, x: torch.Tensor) -> None:
+        if x.shape != self.known.shape:
+            raise ValueError(f"known and mask are for shape {tuple(self.known.shape)}; the samples have shape {tuple(x.shape)}")
+
+    def __call__(self, x: torch.Tensor, t: float, last: bool = False) -> torch.Tensor:
+        """x with its known part replaced: by alpha(t) y + sigma(t) z, or by y when `last`."""
+        known = self.known.to(dtype=x.dtype, device=x.device)
+        mask = self.mask.to(x.device)
+        if not last:
+            noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
+                                device=self.generator.device if self.generator is not None else x.device).to(x.device)
+            known = self.sde.marginal(known, t, noise)
+        return torch.where(mask, known, x)
