@@ -18,7 +18,10 @@ from ..model import ScoreModel
 from ._loop import Grid, Loop
 from .registry import register
 
-__all__ = ["ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis"]
+__all__ = [
+    "ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis",
+    "ddim_update", "dpm_multistep_update",
+]
 
 #: multistep solvers drop to lower order on their final steps when there are fewer steps than
 #: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps
@@ -44,10 +47,16 @@ def ddim(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> to
     g = Grid.of(model.sde, ts)
     for i, t, t_next in loop.steps():
         x0_pred = model.x0(x, t)
-        h = g.lam[i + 1] - g.lam[i]
-        x = (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-h)) * x0_pred
+        x = ddim_update(g, i, x, x0_pred)
         loop.done(i, x, x0_pred)
     return x
+
+
+def ddim_update(g: Grid, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
+    """One DDIM step from g.t[i] to g.t[i+1] given the data prediction at g.t[i]: the first-order
+    term every data-prediction solver here starts from (and `scoresde.interop` steps with)."""
+    h = g.lam[i + 1] - g.lam[i]
+    return (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-h)) * x0_pred
 
 
 def _intermediate(model: ScoreModel, lam: float):
@@ -109,30 +118,35 @@ def dpm_multistep(
     x0_hist: List[torch.Tensor] = []
     for i, t, t_next in loop.steps():
         x0_hist = (x0_hist + [model.x0(x, t)])[-3:]
-        x0_pred = x0_hist[-1]
-        p = _order_at(i, steps, order, lower_order_final)
-        h = g.lam[i + 1] - g.lam[i]
-        phi_1 = math.expm1(-h)
-        a_t = g.alpha[i + 1]
-        x_next = (g.sigma[i + 1] / g.sigma[i]) * x - (a_t * phi_1) * x0_pred
-        if p >= 2:
-            r0 = (g.lam[i] - g.lam[i - 1]) / h
-            d1_0 = (x0_pred - x0_hist[-2]) / r0
-        if p == 2:
-            x_next = x_next - (0.5 * a_t * phi_1) * d1_0
-        elif p == 3:
-            r1 = (g.lam[i - 1] - g.lam[i - 2]) / h
-            d1_1 = (x0_hist[-2] - x0_hist[-3]) / r1
-            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h x0'
-            d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''
-            phi_2 = phi_1 / h + 1
-            phi_3 = phi_2 / h - 0.5
-            # the x0'' Taylor term integrates to -alpha_t h^2 phi_3 x0''; with d2 at half that
-            # size (as in the reference implementation) the method is only second order
-            x_next = x_next + (a_t * phi_2) * d1 - (a_t * phi_3) * d2
-        x = x_next
-        loop.done(i, x, x0_pred)
+        x = dpm_multistep_update(g, i, x, x0_hist, _order_at(i, steps, order, lower_order_final))
+        loop.done(i, x, x0_hist[-1])
     return x
+
+
+def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0_hist: List[torch.Tensor], p: int) -> torch.Tensor:
+    """One DPM-Solver++(pM) step from g.t[i] to g.t[i+1]; x0_hist holds the data predictions
+    at g.t[i-p+1], ..., g.t[i] (newest last). p = 1 is DDIM."""
+    x0_pred = x0_hist[-1]
+    h = g.lam[i + 1] - g.lam[i]
+    phi_1 = math.expm1(-h)
+    a_t = g.alpha[i + 1]
+    x_next = ddim_update(g, i, x, x0_pred)
+    if p >= 2:
+        r0 = (g.lam[i] - g.lam[i - 1]) / h
+        d1_0 = (x0_pred - x0_hist[-2]) / r0
+    if p == 2:
+        x_next = x_next - (0.5 * a_t * phi_1) * d1_0
+    elif p == 3:
+        r1 = (g.lam[i - 1] - g.lam[i - 2]) / h
+        d1_1 = (x0_hist[-2] - x0_hist[-3]) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h x0'
+        d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''
+        phi_2 = phi_1 / h + 1
+        phi_3 = phi_2 / h - 0.5
+        # the x0'' Taylor term integrates to -alpha_t h^2 phi_3 x0''; with d2 at half that
+        # size (as in the reference implementation) the method is only second order
+        x_next = x_next + (a_t * phi_2) * d1 - (a_t * phi_3) * d2
+    return x_next
 
 
 def _unipc_coefficients(rks: List[float], h: float, variant: str):
@@ -183,7 +197,7 @@ def unipc(
         d1s = [(x0_hist[-(k + 1)] - x0_hist[-1]) / rk for k, rk in zip(range(1, p), rks)]
         b_h, rhos_p, rhos_c = _unipc_coefficients(rks, h, variant)
         a_t = g.alpha[i + 1]
-        x_base = (g.sigma[i + 1] / g.sigma[i]) * x - (a_t * math.expm1(-h)) * x0_hist[-1]
+        x_base = ddim_update(g, i, x, x0_hist[-1])
         x = x_base - (a_t * b_h) * sum((rho * d for rho, d in zip(rhos_p, d1s)), torch.zeros_like(x))
         if i < steps - 1:
             x0_next = model.x0(x, t_next)
