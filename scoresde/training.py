@@ -391,10 +391,10 @@ class Trainer:
             raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes {self.world_size}")
 
         self.model = model.to(device)
-        self._check_data_fits()
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"loss_fn must be None or a callable (model, x0, t, noise, **cond) -> loss; got {loss_fn!r}")
         self._loss = _LossModule(self.model, weighting, t_sampling, loss_fn)
+        self._check_data_fits()
         if self.distributed:  # broadcasts rank 0's parameters to every rank
             self._ddp = nn.parallel.DistributedDataParallel(
                 self._loss, device_ids=[device.index] if device.type == "cuda" else None
@@ -416,7 +416,7 @@ class Trainer:
 
     # ---- construction helpers -------------------------------------------------------------
     def _check_data_fits(self) -> None:
-        """One forward pass on two data samples, so a shape mismatch fails here, clearly."""
+        """The loss on two data samples, so a shape mismatch fails here, clearly."""
         x, y = self.data.get(torch.arange(min(2, self.data.n)))
         x = x.to(self.device)
         cond = {"y": y.to(self.device)} if self.options["use_labels"] else {}
@@ -424,7 +424,8 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad():
-                self.model(x, torch.full((x.shape[0],), 0.5 * self.model.sde.T, dtype=torch.float64, device=self.device), **cond)
+                t = torch.full((x.shape[0],), 0.5 * self.model.sde.T, dtype=torch.float64, device=self.device)
+                self._loss(x, t, torch.zeros_like(x), cond)
         except Exception as err:
             raise ValueError(
                 f"data samples of shape {self.data.sample_shape} do not fit the network "
