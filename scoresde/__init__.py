@@ -21,3 +21,6 @@ from .likelihood import bits_per_dim, encode, log_likelihood
 __all__ += ["likelihood", "log_likelihood", "encode", "bits_per_dim"]
 from . import guidance
 __all__ += ["guidance"]
+from .sde import DiscreteVPSDE
+from . import interop
+__all__ += ["DiscreteVPSDE", "interop"]
