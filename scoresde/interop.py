@@ -64,14 +64,17 @@ class _MatchedTimestep:
         return self.discrete.timestep(self.discrete.t_of_log_snr(self.sde.log_snr(t)))
 
 
-def _alphas_cumprod(scheduler_or_betas) -> torch.Tensor:
+def _chain(scheduler_or_betas):
+    """(alphas_cumprod, betas) of a diffusers scheduler or of a 1-D sequence of betas, float64."""
     ac = getattr(scheduler_or_betas, "alphas_cumprod", None)
     if ac is not None:
-        return torch.as_tensor(ac, dtype=torch.float64)
+        betas = getattr(scheduler_or_betas, "betas", None)
+        ac = torch.as_tensor(ac, dtype=torch.float64)
+        return ac, (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]]) if betas is None else torch.as_tensor(betas).double())
     if isinstance(scheduler_or_betas, (torch.Tensor, list, tuple)) or hasattr(scheduler_or_betas, "__array__"):
         betas = torch.as_tensor(scheduler_or_betas, dtype=torch.float64)
         if betas.ndim == 1:
-            return DiscreteVPSDE.from_betas(betas).alphas_cumprod
+            return DiscreteVPSDE.from_betas(betas).alphas_cumprod, betas
     raise ValueError(
         f"scheduler_or_betas must be a DDPM-family diffusers scheduler with `alphas_cumprod` (DDPMScheduler, "
         f"DDIMScheduler, DPMSolverMultistepScheduler, ...) or a 1-D sequence of betas; got "
@@ -115,14 +118,13 @@ def from_diffusers(
     noise level equals the VPSDE's at t, so it is exact wherever VPSDE's log-SNR meets a trained
     timestep's; the continuous beta(t) itself matches the chain only to O(1/N) (DESIGN.md).
     """
-    ac = _alphas_cumprod(scheduler_or_betas)
+    ac, betas = _chain(scheduler_or_betas)
     prediction = PREDICTION_TYPES[_prediction_type(scheduler_or_betas, prediction_type)]
     check_choice("sde", sde, DIFFUSERS_SDES)
     discrete = DiscreteVPSDE(ac)
     net = _DiffusersNet(unet, "unet")
     if sde == "discrete":
         return ScoreModel(net, discrete, prediction=prediction, time_input=discrete.timestep)
-    betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
     vp = VPSDE.from_betas(betas)
     return ScoreModel(net, vp, prediction=prediction, time_input=_MatchedTimestep(vp, discrete))
 
@@ -230,10 +232,9 @@ class SolverScheduler:
     @classmethod
     def from_scheduler(cls, scheduler, solver: str = "dpm++2m", **options) -> "SolverScheduler":
         """The same chain and prediction type as a diffusers scheduler's."""
+        alphas_cumprod = _chain(scheduler)[0]
         options.setdefault("prediction_type", _prediction_type(scheduler, None))
-        if getattr(scheduler, "alphas_cumprod", None) is None:
-            _alphas_cumprod(scheduler)  # raises the explanatory error
-        return cls(DiscreteVPSDE(_alphas_cumprod(scheduler)), solver, **options)
+        return cls(DiscreteVPSDE(alphas_cumprod), solver, **options)
 
     def set_timesteps(
         self,

@@ -113,6 +113,7 @@ def test_from_diffusers_vp_is_exact_where_its_log_snr_meets_a_trained_timestep()
     model = from_diffusers(diffusers_oracle(torch.cumprod(1 - BETAS, 0), "epsilon"), BETAS, sde="vp")
     vp, discrete = model.sde, sd.DiscreteVPSDE.from_betas(BETAS)
     assert (vp.beta_min, vp.beta_max) == (pytest.approx(0.1), pytest.approx(20.0))
+    assert repr(from_diffusers(model.net.model, diffusers.DDPMScheduler(), sde="vp").sde) == repr(vp)
     x = points()
     for k in (0, 1, 10, 250, 500, 900):  # VPSDE's alpha(1)^2 = 4.3e-5 > alphas_cumprod[k >= 998]
         t = vp.t_of_log_snr(discrete.log_snr(discrete.t_of_timestep(k)))
