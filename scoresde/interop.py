@@ -18,7 +18,7 @@ import torch
 
 from ._utils import check_choice
 from .model import ScoreModel
-from .schedules import ScheduleSpec, get_schedule, validate
+from .schedules import get_schedule, validate
 from .sde import EDMSDE, DiscreteVPSDE, VPSDE
 from .solvers._loop import Grid
 from .solvers.exponential import _order_at, dpm_multistep_update
@@ -214,7 +214,7 @@ class SolverScheduler:
         sde: Union[DiscreteVPSDE, Sequence[float], torch.Tensor],
         solver: str = "dpm++2m",
         prediction_type: str = "epsilon",
-        schedule: ScheduleSpec = "logsnr",
+        schedule: str = "logsnr",
         final_sigmas_type: str = "zero",
         lower_order_final: bool = True,
     ):
@@ -313,7 +313,9 @@ class SolverScheduler:
         if i == self.num_inference_steps - 1 and self.final_sigmas_type == "zero":
             prev = x0_pred  # the step to sigma = 0 (lambda = inf) of any of these solvers is x0_pred
         else:
-            p = _order_at(i, self.num_inference_steps, self.solver_order, self.lower_order_final)
+            # a loop that starts mid-way (img2img) has fewer predictions yet: warm up from first order
+            p = min(_order_at(i, self.num_inference_steps, self.solver_order, self.lower_order_final),
+                    len(self._x0_hist))
             prev = dpm_multistep_update(self._grid, i, x, self._x0_hist, p)
         self._step_index = i + 1
         prev = prev.to(sample.dtype)

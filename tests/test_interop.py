@@ -226,6 +226,25 @@ def test_dpm_solver_pp_2m_matches_diffusers_multistep_scheduler(steps, final_sig
         assert float((run_loop(other, unet, X_T.clone()) - want).abs().max()) > 1e-3
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+def test_a_loop_starting_mid_way_warms_up_from_first_order_as_diffusers_does():
+    """img2img: set_timesteps(10), then loop over timesteps[4:] from a partly noised x."""
+    reference = diffusers.DPMSolverMultistepScheduler()
+    reference.set_timesteps(10)
+    unet = diffusers_oracle(reference.alphas_cumprod, "epsilon")
+    ours = SolverScheduler.from_scheduler(reference, solver="dpm++2m")
+    ours.set_timesteps(timesteps=reference.timesteps)
+    x = 0.5 * X_T
+
+    def run(scheduler):
+        y = x.clone()
+        for t in scheduler.timesteps[4:]:
+            y = scheduler.step(unet(y, t).sample, t, y).prev_sample
+        return y
+
+    torch.testing.assert_close(run(ours), run(reference), rtol=0, atol=LOOP_ATOL)
+
+
 def test_scheduler_runs_a_diffusers_pipeline_and_matches_scoresde_sample():
     """diffusers' own DDPMPipeline loop driven by SolverScheduler equals scoresde.sample with the
     same solver and grid on the wrapped model (fractional timesteps of the log-SNR grid)."""
