@@ -120,6 +120,24 @@ def test_from_diffusers_vp_is_exact_where_its_log_snr_meets_a_trained_timestep()
         torch.testing.assert_close(model.score(x, t), MIXTURE.score(x, t, vp), rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("solver", sd.solvers.available())
+def test_every_solver_runs_on_a_wrapped_model_as_on_the_native_one(solver):
+    """A diffusers-convention model defined at every float timestep (the mixture under the
+    interpolated DiscreteVPSDE) gives, through from_diffusers, the very samples and NFE of the
+    same ScoreModel built natively: the time map N t - 1 is right at every t a solver visits."""
+    discrete = sd.DiscreteVPSDE.from_betas(BETAS)
+    native = MIXTURE.score_model(discrete, prediction="eps")
+
+    def unet(x, timestep):
+        return native(x, discrete.t_of_timestep(timestep.double()))
+
+    wrapped = from_diffusers(unet, BETAS)
+    runs = [sd.sample(m, shape=(64, 4), solver=solver, steps=8, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(3)) for m in (native, wrapped)]
+    assert runs[0].nfe == runs[1].nfe
+    torch.testing.assert_close(runs[1].x, runs[0].x, rtol=1e-9, atol=1e-9)
+
+
 def test_from_diffusers_passes_float_timesteps_without_truncation():
     calls = []
 
