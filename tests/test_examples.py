@@ -1,0 +1,55 @@
+"""Every example in examples/ runs in --quick mode and writes its figures and its table.
+
+Each script runs as a user would run it: a subprocess, single-threaded, with --out in a fresh
+folder. An example that stops because an *optional* package is not installed (e.g. diffusers)
+is skipped with the package's name; a missing module of scoresde itself is a failure.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+# files starting with "_" are helpers shared by the examples, not examples
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))
+TIMEOUT_S = 300
+
+
+def missing_optional_package(stderr: str):
+    """The top-level package named by a ModuleNotFoundError in `stderr`, if it is truly not
+    installed and is not scoresde itself; else None."""
+    found = re.findall(r"(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'", stderr)
+    if not found:
+        return None
+    top = found[-1].split(".")[0]
+    if top == "scoresde" or importlib.util.find_spec(top) is not None:
+        return None
+    return top
+
+
+def test_examples_are_found():
+    assert len(EXAMPLES) >= 4, f"expected the examples in {EXAMPLES_DIR}; found {[p.name for p in EXAMPLES]}"
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_quick_and_writes_figures_and_table(script: Path, tmp_path: Path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], cwd=EXAMPLES_DIR.parent,
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if proc.returncode != 0:
+        package = missing_optional_package(proc.stderr)
+        if package is not None:
+            pytest.skip(f"{script.name} needs the optional package {package!r}, which is not installed")
+    assert proc.returncode == 0, f"{script.name} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    pngs = [p for p in written if p.suffix == ".png"]
+    tables = [p for p in written if p.suffix in (".md", ".json")]
+    assert pngs, f"{script.name} wrote no PNG into --out; it wrote {[p.name for p in written]}"
+    assert all(p.stat().st_size > 1000 for p in pngs), f"{script.name} wrote an empty-looking PNG"
+    assert tables, f"{script.name} wrote no table (.md or .json) into --out; it wrote {[p.name for p in written]}"
