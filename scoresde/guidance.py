@@ -241,9 +241,6 @@ class NoisyClassifier(ScoreModel):
     def to_eps_x0(self, out, x, t):
         raise TypeError("a NoisyClassifier serves class logits, not a score; guide a score model with guidance.Classifier")
 
-    def score(self, x, t, **cond):
-        return self.to_eps_x0(None, x, t)
-
 
 def classifier_loss(model: NoisyClassifier, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
