@@ -1,4 +1,4 @@
-"""The `scoresde` command line: `scoresde sample`, `scoresde sdes`, `scoresde nll`."""
+"""The `scoresde` command line: `scoresde sample`, `scoresde sdes`, `scoresde nll`, `scoresde bench`."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +111,37 @@ def _cmd_nll(args: argparse.Namespace) -> None:
           f"of log p_{{t_eps}} with t_eps={sde.t_eps:g}), {res.nfe} NFE")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    """Accuracy against NFE (scoresde.bench.accuracy); under torchrun the batch is sharded."""
+    import os
+
+    from .bench import accuracy
+
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            args.device = f"cuda:{torch.cuda.current_device()}"
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    quick = accuracy.QUICK if args.quick else {}
+    if quick and not args.problems:
+        names = list(quick["problems"])
+    else:
+        names = [p if "/" in p or p == "digits" else f"{p}/{s}"
+                 for p in args.problems or accuracy.ANALYTIC for s in args.sdes or accuracy.BENCH_SDES]
+    if args.digits_ckpt and not args.problems:
+        names.append("digits")
+    results = accuracy.run_benchmark(
+        problems=list(dict.fromkeys(names)), solvers=args.solvers or quick.get("solvers"), nfes=args.nfe or quick.get("nfes", accuracy.DEFAULT_NFES),
+        metrics=args.metrics or accuracy.METRICS, n=args.samples or quick.get("n", 1000), seed=args.seed, device=args.device,
+        dtype=DTYPES[args.dtype], schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4),
+        out=args.out, resume=args.resume, progress=not args.no_progress, digits_checkpoint=args.digits_ckpt,
+    )
+    if results is not None:
+        print(accuracy.markdown(results))
+        print(f"wrote {Path(args.out) / 'accuracy_vs_nfe'}.{{json,csv,md,png}} in {results['seconds']:.0f} s")
+
+
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
     try:
         import matplotlib
@@ -182,6 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
     p.set_defaults(func=_cmd_nll)
+
+    p = sub.add_parser("bench", help="accuracy against NFE of any solvers on problems with exact answers")
+    p.add_argument("--quick", action="store_true", help="two problems, 11 solvers, NFE 5-50, n=1000 (about a minute)")
+    p.add_argument("--problems", nargs="+", default=None,
+                   help="mixtures (ring2d gmm16d gmm64d bimodal1d, each under every --sdes), 'ring2d/vp'-style pairs, "
+                        "or digits (with --digits-ckpt); default: the four mixtures")
+    p.add_argument("--sdes", nargs="+", default=None, choices=["vp", "ve", "edm"], help="default: vp ve edm")
+    p.add_argument("--solvers", nargs="+", default=None, help="registry names; default: all")
+    p.add_argument("--nfe", nargs="+", type=int, default=None, help="NFE budgets; default 3 4 5 6 8 10 12 15 20 30 50 70 100")
+    p.add_argument("--metrics", nargs="+", default=None, help="rmse sliced_w2 mmd nll_gap (default: all)")
+    # not --n: under torchrun that prefix is ambiguous with torchrun's own --nnodes/--nproc-per-node
+    p.add_argument("--samples", type=int, default=None, help="samples per cell (default 1000)")
+    p.add_argument("--tolerances", type=int, default=None, help="entries of each adaptive solver's tolerance sweep")
+    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: each solver's own")
+    p.add_argument("--digits-ckpt", default=None, help="a Trainer checkpoint of a digits model (adds problem 'digits')")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--out", default="out/bench")
+    p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
