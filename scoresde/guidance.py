@@ -36,8 +36,13 @@ inpaint=(known, mask))` does this through one per-step hook of the solver loop, 
 fixed-step ODE and SDE solver. Limits: the replacement makes the unknown coordinates follow
 p_t(x_unknown | noisy known) step by step, which is not the exact conditional p(x_unknown | y)
 in general: an early decision of the unknown part that the known part contradicts is never
-undone (corrector steps reduce but do not remove this). `tests/test_guidance.py` measures it
-against the exact conditional of a Gaussian mixture.
+undone. Measured against the exact conditional of a 3-D two-component mixture, 1000 samples,
+sliced W2 (`tests/test_guidance.py`): where the known value settles the component, PC with
+Langevin correctors (200 steps, corrector_steps=2, per_sample_step=False) is within the
+two-sample floor (0.038 vs 0.033 +- 0.007), but ancestral (0.10) and the ODE (ddim 100 steps,
+0.15) are not, nor PC with per-sample Langevin step sizes (0.40: rare huge steps in low
+dimension); where the known value leaves the component ambiguous, even PC gets the mode
+weights wrong (0.32 vs 0.053 +- 0.021).
 """
 from __future__ import annotations
 
