@@ -41,8 +41,14 @@ def pyplot():
 
 
 def save_figure(fig, path: Path, dpi: int = 90) -> None:
+    """Save as PNG with a 256-colour palette (octree): scatter plots of thousands of anti-aliased
+    points come out about 3x smaller, smooth colour maps with barely visible banding."""
+    from PIL import Image
+
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
+    with Image.open(path) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
     print(f"wrote {path}")
 
 

@@ -66,11 +66,11 @@ def main(argv=None) -> None:
     for ax, images, title in ((axes[0], res.x, f"samples: {args.solver}, NFE {res.nfe}"),
                               (axes[1], x_test[:100], "real test images")):
         # clamp: samples may overshoot the data range [-1, 1] slightly
-        ax.imshow(image_grid(images.clamp(-1, 1), nrow=10, pad_value=0), cmap="gray", vmin=-1, vmax=1)
+        ax.imshow(image_grid(images.clamp(-1, 1), nrow=10, pad_value=0), cmap="gray_r", vmin=-1, vmax=1)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     ax = axes[2]
-    if trainer.loss_history:  # empty when the checkpoint was already trained far enough
+    if trainer.loss_history:  # the whole run's, restored from the checkpoint when resumed
         ax.plot(trainer.loss_history, lw=0.5, color="0.6", label="per step")
         window = 50
         smooth = torch.tensor(trainer.loss_history).unfold(0, window, 1).mean(1) if len(trainer.loss_history) > window else None
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
             ax.plot(range(window - 1, len(trainer.loss_history)), smooth, color="C0", label=f"mean of {window}")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-    ax.set_xlabel("training step (this run)")
+    ax.set_xlabel("training step")
     ax.set_ylabel("denoising score-matching loss")
     ax.set_title(f"training, {trainer.step} steps; test: {bpd.mean:.2f} bits/dim", fontsize=10)
     fig.tight_layout()

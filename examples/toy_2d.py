@@ -1,6 +1,6 @@
 """Every solver at 10 NFE on a trained 2-D model, in one figure.
 
-An MLP is trained on a 2-D toy set (default: the checkerboard, whose sharp edges show blur at
+An MLP is trained on a 2-D toy set (default: the Swiss roll, whose thin arms show blur at
 once), then every solver in the registry draws samples from the same starting noise with a
 budget of 10 network evaluations: `SolverInfo.steps_for_nfe(10)` turns the budget into steps
 (a 2-evaluation Heun step gets 5 steps; so does predictor-corrector, whose corrector costs an
@@ -8,12 +8,17 @@ evaluation too). Adaptive solvers choose their own steps: they run at a loose to
 report what they spent. Each panel's title gives the counted NFE and the sliced W2 distance to
 exact samples, next to the two-sample floor (a perfect sampler scores there).
 
-What to look for: at 10 NFE the multistep exponential integrators of the probability-flow ODE
-(dpm++2m/3m, unipc, ipndm, deis) already draw sharp squares; the reverse-SDE samplers, whose
-injected noise needs many small steps to average out, still look blurred; single-step
-high-order methods (rk4, dpm-solver-3) get only 2-3 steps and pay for it.
+What to look for (full run on the Swiss roll; examples/README.md has the numbers): at 10 NFE
+the multistep exponential integrators of the probability-flow ODE (dpm++2m, unipc, ipndm) and
+the midpoint rule draw the roll as sharply as the adaptive ODE solvers do with 30-45 NFE. Most
+reverse-SDE samplers still look blurred: their injected noise needs many small steps to average
+out (dpm++2m_sde and Euler-Maruyama are the exceptions). Three fail outright at this budget, each
+for a reason worth knowing: EDM's churn (S_churn = 40 spread over 5 steps adds far too much
+noise), torchsde's Euler (a uniform grid in t, and noise added on the last step too, where the
+native samplers return the step's mean) and single-step high-order methods with 3-5 steps
+(dpm-solver-2/3). `ancestral` and `sde-dpm-solver-1` coincide, as they should.
 
-    python examples/toy_2d.py [--quick] [--out DIR] [--data checkerboard] [--nfe 10]
+    python examples/toy_2d.py [--quick] [--out DIR] [--data swissroll] [--nfe 10]
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ OPTIONS = {
 
 def main(argv=None) -> None:
     def options(p):
-        p.add_argument("--data", default="checkerboard", choices=[k for k in sd.data.TOYS if k != "bimodal1d"])
+        p.add_argument("--data", default="swissroll", choices=[k for k in sd.data.TOYS if k != "bimodal1d"])
         p.add_argument("--nfe", type=int, default=10, help="the evaluation budget of every fixed-step solver")
 
     args = parse_args("toy_2d", __doc__, options, argv)
