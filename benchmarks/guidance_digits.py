@@ -33,7 +33,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -92,8 +92,9 @@ class NoisyDigitNet(nn.Module):
 
 
 def train_noisy_classifier(args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor, steps: int,
-                           ckpt_dir: str) -> sd.Trainer:
-    """p(y | x_t, t) trained with `Trainer(loss_fn=classifier_loss)`, continuing a checkpoint in ckpt_dir."""
+                           ckpt_dir: str) -> Tuple[sd.Trainer, int]:
+    """p(y | x_t, t) trained with `Trainer(loss_fn=classifier_loss)`, continuing a checkpoint in
+    ckpt_dir; and the step this run started from."""
     torch.manual_seed(args.seed + 2)
     classifier = sd.guidance.NoisyClassifier(NoisyDigitNet(), sd.VPSDE())
     common = dict(device=args.device, progress=args.progress, ckpt_dir=ckpt_dir, ckpt_every=args.ckpt_every,
@@ -105,11 +106,14 @@ def train_noisy_classifier(args: argparse.Namespace, x: torch.Tensor, labels: to
     else:
         trainer = sd.Trainer(classifier, (x, labels), batch_size=args.batch_size, lr=args.lr, warmup_steps=100,
                              seed=args.seed + 2, **common)
-    return trainer.fit(steps)
+    started_at = trainer.step
+    return trainer.fit(steps), started_at
 
 
-def train_model(args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor, steps: int, ckpt_dir: str) -> sd.Trainer:
-    """The class-conditional model trained to `steps`, continuing any checkpoint in ckpt_dir."""
+def train_model(args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor, steps: int,
+                ckpt_dir: str) -> Tuple[sd.Trainer, int]:
+    """The class-conditional model trained to `steps`, continuing any checkpoint in ckpt_dir;
+    and the step this run started from (0, or the checkpoint's)."""
     ckpt = Path(ckpt_dir) / sd.training.CHECKPOINT_NAME
     common = dict(device=args.device, progress=args.progress, ckpt_dir=ckpt_dir, ckpt_every=args.ckpt_every)
     if ckpt.is_file():
@@ -120,7 +124,8 @@ def train_model(args: argparse.Namespace, x: torch.Tensor, labels: torch.Tensor,
         model = sd.ScoreModel(sd.nets.UNet(in_channels=1, num_classes=10), sd.VPSDE(), prediction="eps")
         trainer = sd.Trainer(model, (x, labels), batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
                              label_dropout=args.label_dropout, seed=args.seed, **common)
-    return trainer.fit(steps)
+    started_at = trainer.step
+    return trainer.fit(steps), started_at
 
 
 def run(args: argparse.Namespace, argv: Optional[List[str]] = None) -> dict:
@@ -147,10 +152,11 @@ def run(args: argparse.Namespace, argv: Optional[List[str]] = None) -> dict:
     print(f"judge: test accuracy {judge['test_accuracy']:.4f}; floor FD(train, test) {judge['floor_fd_train_vs_test']:.4g}")
 
     t0 = time.time()
-    trainer = train_model(args, x_train, y_train, steps, ckpt_dir)
+    trainer, started_at = train_model(args, x_train, y_train, steps, ckpt_dir)
     recent = trainer.loss_history[-200:]
     training = {
-        "steps": trainer.step, "seconds_this_run": time.time() - t0, "checkpoint": str(trainer.checkpoint_path),
+        "steps": trainer.step, "started_at_step": started_at, "seconds_this_run": time.time() - t0,
+        "checkpoint": str(trainer.checkpoint_path),
         "final_loss_mean_last_200": sum(recent) / len(recent) if recent else None,
         "label_dropout": trainer.options["label_dropout"], "batch_size": trainer.options["batch_size"],
         "lr": trainer.options["lr"], "net": "UNet(in_channels=1, num_classes=10)", "sde": "VPSDE()", "prediction": "eps",
@@ -196,10 +202,11 @@ def run(args: argparse.Namespace, argv: Optional[List[str]] = None) -> dict:
     if not args.no_classifier:
         clf_steps = QUICK_CLASSIFIER_STEPS if args.quick else FULL_CLASSIFIER_STEPS
         t0 = time.time()
-        clf_trainer = train_noisy_classifier(args, x_train, y_train, clf_steps, ckpt_dir + "_classifier")
+        clf_trainer, clf_started_at = train_noisy_classifier(args, x_train, y_train, clf_steps, ckpt_dir + "_classifier")
         noisy = clf_trainer.ema_model
         report["noisy_classifier"] = {
-            "steps": clf_trainer.step, "seconds_this_run": time.time() - t0, "net": "NoisyDigitNet (benchmark file)",
+            "steps": clf_trainer.step, "started_at_step": clf_started_at, "seconds_this_run": time.time() - t0,
+            "net": "NoisyDigitNet (benchmark file)",
             "test_accuracy_at_t": noisy_accuracy(noisy, x_test, y_test, [0.1, 0.3, 0.5, 0.7], args.seed),
         }
         print(f"noisy classifier: test accuracy by t {report['noisy_classifier']['test_accuracy_at_t']}")
