@@ -33,6 +33,14 @@ def missing_optional_package(stderr: str):
     return top
 
 
+def test_missing_optional_package_is_read_from_the_traceback():
+    assert missing_optional_package("ModuleNotFoundError: No module named 'surely_not_installed_pkg'") == \
+        "surely_not_installed_pkg"
+    assert missing_optional_package("ModuleNotFoundError: No module named 'scoresde.nowhere'") is None  # a bug
+    assert missing_optional_package("ModuleNotFoundError: No module named 'torch.nowhere'") is None  # installed
+    assert missing_optional_package("ValueError: bad") is None
+
+
 def test_examples_are_found():
     assert len(EXAMPLES) >= 4, f"expected the examples in {EXAMPLES_DIR}; found {[p.name for p in EXAMPLES]}"
 
