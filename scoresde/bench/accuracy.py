@@ -20,7 +20,9 @@ meet is never mislabeled. Adaptive solvers run a tolerance sweep instead. A cell
 
 Under `torchrun` the sample batch is split across ranks (every rank draws the full batch's
 noise and keeps its rows, so fixed-step results equal the single-process run); rank 0
-gathers the samples, computes the metrics and writes the files.
+gathers the samples, computes the metrics and writes the files. Adaptive solvers choose their
+steps from an error norm over their own rows and torchsde draws its Brownian path for the
+shard's shape, so their sharded results differ from one process's (as two batch sizes would).
 """
 from __future__ import annotations
 
@@ -399,7 +401,7 @@ def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, rank
     x = x_T.to(dtype)
     gen = torch.Generator(device=x.device).manual_seed(seed + 1)
     if info.kind == "sde":
-        if "noise" in info.options:
+        if "noise" in info.options and info.evals_per_step != "adaptive":  # adaptive_sde draws for subsets of rows
             kwargs["noise"] = _SharedNoise(gen, ranks)
         kwargs["generator"] = gen
     try:
