@@ -89,7 +89,8 @@ def train_toy_model(name: str, steps: int, seed: int = 0, n_data: int = 20_000) 
     Why v and not eps: a few starting points of every batch lie far in the tails of N(0, I)
     (|x_T| > 3.5), where training saw almost no data. An eps network extrapolates badly there
     and the probability-flow ODE, which has no noise to correct it, follows it out to |x| ~ 50
-    (measured: 7 of 2000 ODE samples, sliced W2 1.1 instead of 0.08; the reverse SDE recovers).
+    (measured on the ring after 4000 steps: 7 of 2000 dpm++2m samples, sliced W2 1.1 instead of
+    0.08 with v; Euler-Maruyama recovers).
     v = alpha eps - sigma x0 keeps the network's target of order one at every t."""
     data = sd.data.sample_toy(name, n_data, torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)  # the network's initialization
