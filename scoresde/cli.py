@@ -118,11 +118,20 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .bench import accuracy
 
     dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if started:
         if torch.device(args.device).type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             args.device = f"cuda:{torch.cuda.current_device()}"
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    try:
+        _bench(args, accuracy)
+    finally:
+        if started:  # a live gloo group at interpreter exit aborts the process
+            dist.destroy_process_group()
+
+
+def _bench(args: argparse.Namespace, accuracy) -> None:
     quick = accuracy.QUICK if args.quick else {}
     if quick and not args.problems:
         names = list(quick["problems"])
