@@ -45,7 +45,7 @@ from ..solvers._loop import NonFiniteError
 
 __all__ = [
     "Problem", "analytic_problem", "digits_problem", "run_benchmark", "write_outputs", "METRICS", "ANALYTIC",
-    "BENCH_SDES", "DEFAULT_NFES", "QUICK", "feasible_steps",
+    "BENCH_SDES", "DEFAULT_NFES", "QUICK", "feasible_steps", "markdown", "summary",
 ]
 
 METRICS = ("rmse", "sliced_w2", "mmd", "nll_gap")
@@ -497,6 +497,8 @@ def markdown(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
              f"{cfg['world_size']} process(es), {results['machine'].get('gpu', results['machine']['processor'])}, "
              f"{results.get('seconds', 0):.0f} s.\n"]
     budgets = [b for b in budgets if b in cfg["nfes"]]
+    if len(results["problems"]) > 1:
+        lines.append(summary(results, budgets))
     for name, info in results["problems"].items():
         cells = [c for c in results["cells"] if c["problem"] == name]
         lines.append(f"\n## {name} (dim {info['dim']})\n")
@@ -523,6 +525,29 @@ def markdown(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
         failed = [c for c in cells if c["status"] != "ok" and c["requested_nfe"] is not None]
         for c in failed:
             lines.append(f"- failed: {c['solver']} at NFE {c['requested_nfe']}: {c['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
+    """Over all problems, per fixed-step solver and budget: the geometric mean of the terminal
+    RMSE (ODE solvers; '-' unless every problem has a finished cell) and how many problems'
+    sliced W2 lies within two floor standard deviations of the floor mean."""
+    problems = results["problems"]
+    solvers = [s for s in dict.fromkeys(c["solver"] for c in results["cells"]) if get(s).evals_per_step != "adaptive"]
+    lines = [f"\n## Summary over {len(problems)} problems\n",
+             "geometric mean of RMSE (ODE solvers) / problems with sliced W2 within 2 std of the floor\n",
+             "| solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for solver in solvers:
+        row = []
+        for b in budgets:
+            cells = [_cell_at([c for c in results["cells"] if c["problem"] == name], solver, b) for name in problems]
+            rmse = [c["rmse"] for c in cells if c is not None and c["status"] == "ok" and c.get("rmse")]
+            mean = f"{math.exp(sum(map(math.log, rmse)) / len(rmse)):.2e}" if len(rmse) == len(problems) else "-"
+            near = sum(1 for c, name in zip(cells, problems) if c is not None and c.get("sliced_w2") is not None
+                       and c["sliced_w2"] <= problems[name]["floors"]["sliced_w2"]["mean"]
+                       + 2 * problems[name]["floors"]["sliced_w2"]["std"])
+            row.append(f"{mean} / {near}" if get(solver).kind == "ode" else f"{near}")
+        lines.append(f"| {solver} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
