@@ -218,3 +218,17 @@ def test_non_finite_state_reports_step_and_time():
     model = sd.ScoreModel(explodes, sde, prediction="eps")
     with pytest.raises(sd.solvers.NonFiniteError, match=r"after step 7 of 10 \(t=0\.3007\)"):
         sd.sample(model, shape=(4, 2), solver="euler", steps=10, schedule="uniform")
+
+
+def test_deferred_non_finite_check_names_the_first_bad_step(monkeypatch):
+    """The accelerator path (no host sync per step) reports the same step after the solve."""
+    from scoresde.solvers import _loop
+
+    original = _loop.Loop.__init__
+
+    def deferred(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.deferred_check = True
+
+    monkeypatch.setattr(_loop.Loop, "__init__", deferred)
+    test_non_finite_state_reports_step_and_time()

@@ -9,7 +9,7 @@ import torch
 
 from ..guidance import Inpainting
 from ..model import ScoreModel
-from ..schedules import ScheduleSpec, get_schedule
+from ..schedules import OptimizedSchedule, ScheduleSpec, get_schedule
 from ..sde import SDE
 from ._loop import Loop
 from .registry import get
@@ -67,9 +67,10 @@ def sample(
         solver: a name from `scoresde.solvers.available()`.
         steps: number of solver steps (each costs the solver's evals_per_step evaluations);
             ignored by adaptive solvers.
-        schedule: 'uniform', 'quadratic', 'logsnr', 'karras' or a descending list of times
-            (default: the solver's own if it needs one, else DEFAULT_SCHEDULE for affine SDEs,
-            'uniform' otherwise).
+        schedule: 'uniform', 'quadratic', 'logsnr', 'karras', a descending list of times, or an
+            `OptimizedSchedule` (`scoresde.schedules.optimize`; it must be used with the SDE and
+            solver it was tuned for) (default: the solver's own if it needs one, else
+            DEFAULT_SCHEDULE for affine SDEs, 'uniform' otherwise).
         t_end: last time of the grid, default sde.t_eps.
         denoise: finish with one extra evaluation returning the posterior mean E[x0 | x_t_end]
             (Tweedie); it is counted in nfe.
@@ -99,7 +100,9 @@ def sample(
         schedule = info.default_schedule or (DEFAULT_SCHEDULE if sde.is_affine else "uniform")
     if info.evals_per_step == "adaptive" and isinstance(schedule, str) and steps is None:
         steps = 1
-    ts = get_schedule(schedule, sde, steps, t_end)
+    if isinstance(schedule, OptimizedSchedule) and steps == DEFAULT_STEPS:
+        steps = None  # it brings its own step count; only an explicit other count is refused
+    ts = get_schedule(schedule, sde, steps, t_end, solver=solver)
     x = _initial_state(sde, shape, x_T, generator, dtype, device)
     replace = None
     if inpaint is not None:
@@ -120,12 +123,15 @@ def sample(
         x = loop.start(x)
         try:
             x = info.fn(model, x, ts, loop, **options)
+            loop.finish()
         finally:
             loop.close()
         if denoise:
             x = model.x0(x, float(ts[-1]))
             if replace is not None:
                 x = replace(x, float(ts[-1]), True)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)  # wall time of the work, not of its launch
     seconds = time.perf_counter() - start
     trajectory = torch.stack(loop.trajectory) if return_trajectory else None
     return SampleResult(x, model.nfe - nfe_start, ts, solver, seconds, trajectory)
