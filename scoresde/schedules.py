@@ -5,19 +5,28 @@ Each grid is a pure function of the SDE, the step count and the end time. Named 
 lambda = log(alpha/sigma), DPM-Solver's choice) and `karras` (Karras et al. 2022: uniform in
 sigma_hat^(1/rho) for the noise level sigma_hat = sigma/alpha = exp(-lambda), rho = 7).
 A user-given list or tensor of times is validated and used as is.
+
+`optimize` tunes a grid to one model, solver and NFE budget (the "optimal steps" idea of
+Sabour et al. 2024, "Align Your Steps", here by direct minimization of the terminal error) and
+returns an `OptimizedSchedule`, which `sample(schedule=...)` accepts and which saves to JSON.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ._utils import check_choice
 from .sde import SDE, AffineSDE
 
-__all__ = ["SCHEDULES", "get_schedule", "uniform", "quadratic", "logsnr", "karras", "validate"]
-
-ScheduleSpec = Union[str, Sequence[float], torch.Tensor]
+__all__ = [
+    "SCHEDULES", "get_schedule", "uniform", "quadratic", "logsnr", "karras", "validate", "optimize",
+    "OptimizedSchedule", "MIN_CALIBRATION",
+]
 
 
 def _check(sde: SDE, steps: int, t_end: Optional[float]) -> float:
@@ -77,10 +86,14 @@ def validate(sde: SDE, ts: Union[Sequence[float], torch.Tensor]) -> torch.Tensor
 
 
 def get_schedule(
-    schedule: ScheduleSpec, sde: SDE, steps: Optional[int] = None, t_end: Optional[float] = None, **options
+    schedule: "ScheduleSpec", sde: SDE, steps: Optional[int] = None, t_end: Optional[float] = None,
+    solver: Optional[str] = None, **options
 ) -> torch.Tensor:
     """The time grid (steps + 1 descending float64 times) named by `schedule`, or the validated
-    user grid if `schedule` is a sequence (then `steps` and `t_end`, if given, must agree)."""
+    user grid if `schedule` is a sequence (then `steps` and `t_end`, if given, must agree).
+    An `OptimizedSchedule` is checked against `sde` and `solver` (see `OptimizedSchedule.grid`)."""
+    if isinstance(schedule, OptimizedSchedule):
+        return schedule.grid(sde, solver, steps, t_end)
     if isinstance(schedule, str):
         check_choice("schedule", schedule, SCHEDULES)
         return SCHEDULES[schedule](sde, steps, t_end, **options)
@@ -101,3 +114,213 @@ def _pin_ends(ts: torch.Tensor, T: float, t_end: float) -> torch.Tensor:
     """Remove the round-off of t(lambda(t)) at the two ends, so grids start exactly at T."""
     ts[0], ts[-1] = T, t_end
     return ts
+
+
+# ---- schedules optimized for a model, solver and NFE budget --------------------------------
+#: fewest calibration samples `optimize` accepts: below this the terminal error of a batch is
+#: too noisy an estimate of the expected error for a grid of up to ~20 free times to be fitted
+MIN_CALIBRATION = 16
+#: the reference solve `optimize` measures against when none is given (as the benchmark's)
+REFERENCE_OPTIONS = dict(method="dopri8", rtol=1e-10, atol=1e-10)
+
+
+@dataclass
+class OptimizedSchedule:
+    """A time grid tuned by `optimize` for one (SDE, solver, NFE budget); pass it as
+    `sample(..., schedule=...)` with the same SDE and solver.
+
+    times: (steps + 1,) descending float64 times in the SDE's units, from T to t_end.
+    sde: repr of the SDE it was tuned under. solver, nfe: the solver and the NFE budget.
+    start: the fixed schedule the search started from (the best on the calibration batch).
+    loss_start, loss: calibration RMSE of that start and of `times`.
+    loss_history: calibration RMSE of every grid the search evaluated, in order.
+    cost_nfe: network evaluations the whole optimization spent (reference solve, the fixed
+    schedules and the search), as counted by the model; calibration: its batch size.
+    """
+
+    times: torch.Tensor
+    sde: str
+    solver: str
+    nfe: int
+    start: str = ""
+    loss_start: float = float("nan")
+    loss: float = float("nan")
+    loss_history: List[float] = field(default_factory=list)
+    cost_nfe: int = 0
+    calibration: int = 0
+
+    @property
+    def steps(self) -> int:
+        return self.times.numel() - 1
+
+    def grid(self, sde: SDE, solver: Optional[str] = None, steps: Optional[int] = None,
+             t_end: Optional[float] = None) -> torch.Tensor:
+        """`times`, after checking that `sde`, `solver` (if given), `steps` (if given) and
+        `t_end` (if given) are the ones it was tuned for: a grid tuned for one setting is no
+        better than a fixed one in another."""
+        if repr(sde) != self.sde:
+            raise ValueError(f"this optimized schedule was tuned for sde {self.sde}; got {sde!r}")
+        if solver is not None and solver != self.solver:
+            raise ValueError(f"this optimized schedule was tuned for solver={self.solver!r} at nfe={self.nfe}; "
+                             f"got solver={solver!r}")
+        if steps is not None and steps != self.steps:
+            raise ValueError(f"steps={steps} disagrees with the optimized schedule's {self.steps} steps "
+                             f"(solver {self.solver!r}, nfe={self.nfe}); pass steps=None")
+        return get_schedule(self.times, sde, None, t_end)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "times": self.times.tolist()}
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write a small JSON file (times in full float64 precision)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "OptimizedSchedule":
+        """Read a file written by `save`; the times are validated when the schedule is used."""
+        data = json.loads(Path(path).read_text())
+        missing = {"times", "sde", "solver", "nfe"} - set(data)
+        if missing:
+            raise ValueError(f"{path} is not an optimized schedule file: it lacks {', '.join(sorted(missing))}")
+        return cls(**{**data, "times": torch.tensor(data["times"], dtype=torch.float64)})
+
+
+def optimize(
+    model,
+    sde: Optional[AffineSDE] = None,
+    solver: str = "dpm++2m",
+    nfe: int = 10,
+    calibration: Union[int, torch.Tensor] = 256,
+    shape: Optional[Sequence[int]] = None,
+    generator: Optional[torch.Generator] = None,
+    t_end: Optional[float] = None,
+    max_evals: Optional[int] = None,
+    reference: Optional[torch.Tensor] = None,
+    reference_options: Optional[Dict[str, object]] = None,
+    dtype: torch.dtype = torch.float64,
+    device: Union[str, torch.device, None] = None,
+) -> OptimizedSchedule:
+    """The time grid for `solver` at `nfe` evaluations that minimizes the terminal RMSE against
+    a tight adaptive solve of the probability-flow ODE from the same noise, on a calibration
+    batch.
+
+    Parameterization: the grid is monotone by construction. The log-SNR interval
+    [lambda(T), lambda(t_end)] is cut into `steps` increments proportional to softmax(z) (z_0 = 0,
+    so steps - 1 free parameters) and times are t(lambda). The search starts from the best of
+    the fixed schedules (SCHEDULES) on the calibration batch and minimizes log RMSE with
+    Nelder-Mead (scipy), deterministic given the batch: the same seed gives the same grid.
+
+    Derivative-free by choice: the solvers compute step coefficients as Python floats
+    (`solvers._loop.Grid`, `math.expm1`, numpy for UniPC), which keeps sampling fast but cuts
+    the autograd graph to the grid; a gradient path would need every solver's coefficients as
+    tensors. A search over steps - 1 parameters works for every fixed-step ODE solver unchanged.
+
+    Args:
+        model: a ScoreModel (counts its evaluations); sde: its SDE (default model.sde), affine.
+        solver: a fixed-step ODE solver of the registry. nfe: the budget; the grid has the
+            largest step count whose evaluations fit in it.
+        calibration: a batch size (>= MIN_CALIBRATION, needs `shape` = the data shape without
+            the batch dimension; the prior noise is drawn with `generator` in `dtype` on
+            `device`) or the calibration noise x_T itself, (B, *shape).
+        t_end: last time of the grid (default sde.t_eps). max_evals: grids the search may
+            evaluate (default 30 per free parameter, at least 60); each costs about `nfe`
+            batched evaluations. reference: the reference terminal states, (B, *shape), if
+            already solved; else solved with `reference_options` (default dopri8 at 1e-10).
+
+    Returns an OptimizedSchedule; its `cost_nfe` is the counted cost of the whole search.
+    """
+    from scipy.optimize import minimize
+
+    from .solvers import get, sample  # here: the solvers import this module
+    from .solvers._loop import NonFiniteError
+
+    sde = model.sde if sde is None else sde
+    info = get(solver)
+    if info.kind != "ode" or info.evals_per_step == "adaptive":
+        raise ValueError(f"solver={solver!r} is not a fixed-step ODE solver; optimize needs one of: "
+                         + ", ".join(_fixed_step_ode_solvers()))
+    _need_affine(sde, "optimize")
+    minimum = int(info.evals_per_step) + max(info.extra_evals, 0)
+    if isinstance(nfe, bool) or int(nfe) != nfe or nfe < minimum:
+        raise ValueError(f"nfe must be an integer >= {minimum} (one step of solver {solver!r}); got {nfe!r}")
+    steps = info.steps_for_nfe(int(nfe))
+    t_end = _check(sde, steps, t_end)
+    x_T = _calibration_noise(sde, calibration, shape, generator, dtype, device)
+    nfe_start = model.nfe
+    if reference is None:
+        reference = sample(model, x_T=x_T, solver="torchdiffeq", t_end=t_end,
+                           **(reference_options or REFERENCE_OPTIONS)).x
+    elif reference.shape != x_T.shape:
+        raise ValueError(f"reference must have the calibration batch's shape {tuple(x_T.shape)}; "
+                         f"got {tuple(reference.shape)}")
+    reference = reference.to(torch.float64)
+    history: List[float] = []
+
+    def rmse(ts: torch.Tensor) -> float:
+        try:
+            x = sample(model, x_T=x_T, solver=solver, steps=None, schedule=ts).x
+        except NonFiniteError:
+            value = math.inf
+        else:
+            value = float((x.to(torch.float64) - reference).square().mean().sqrt())
+            value = value if math.isfinite(value) else math.inf
+        history.append(value)
+        return value
+
+    fixed = {name: rmse(SCHEDULES[name](sde, steps, t_end)) for name in SCHEDULES}
+    start = min(fixed, key=fixed.get)
+    best_ts, best = SCHEDULES[start](sde, steps, t_end), fixed[start]
+    lam_T, lam_end = float(sde.log_snr(sde.T)), float(sde.log_snr(t_end))
+    if steps > 1:
+        widths = torch.diff(sde.log_snr(best_ts)) / (lam_end - lam_T)
+        z0 = torch.log(widths[1:] / widths[0]).numpy()
+        max_evals = max(60, 30 * (steps - 1)) if max_evals is None else int(max_evals)
+        found: Dict[Tuple[float, ...], float] = {}
+
+        def objective(z) -> float:
+            ts = _grid_from_logits(sde, z, lam_T, lam_end, t_end)
+            value = math.inf if ts is None else rmse(ts)
+            found[tuple(z)] = value
+            return math.log(value) if value > 0 else -math.inf
+
+        # a simplex of 0.5 in log-width: large enough to leave the start's basin of round-off
+        simplex = [z0] + [z0 + 0.5 * e for e in torch.eye(steps - 1, dtype=torch.float64).numpy()]
+        result = minimize(objective, z0, method="Nelder-Mead",
+                          options=dict(maxfev=max_evals, initial_simplex=simplex, xatol=1e-3, fatol=1e-4))
+        if found.get(tuple(result.x), math.inf) < best:
+            best_ts, best = _grid_from_logits(sde, result.x, lam_T, lam_end, t_end), found[tuple(result.x)]
+    return OptimizedSchedule(best_ts, repr(sde), solver, int(nfe), start, fixed[start], best, history,
+                             model.nfe - nfe_start, x_T.shape[0])
+
+
+def _grid_from_logits(sde: AffineSDE, z, lam_T: float, lam_end: float, t_end: float) -> Optional[torch.Tensor]:
+    """The grid whose log-SNR increments are proportional to softmax([0, *z]); None if round-off
+    makes two times equal (the search then sees an infinite loss)."""
+    logits = torch.cat([torch.zeros(1, dtype=torch.float64), torch.as_tensor(z, dtype=torch.float64)])
+    fractions = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.softmax(logits, 0), 0)])
+    ts = _pin_ends(sde.t_of_log_snr(lam_T + (lam_end - lam_T) * fractions), sde.T, t_end)
+    return ts if bool((ts[1:] < ts[:-1]).all()) and bool(torch.isfinite(ts).all()) else None
+
+
+def _calibration_noise(sde: SDE, calibration, shape, generator, dtype, device) -> torch.Tensor:
+    if isinstance(calibration, torch.Tensor):
+        x_T = calibration
+        if x_T.ndim < 2 or x_T.shape[0] < MIN_CALIBRATION:
+            raise ValueError(f"calibration noise must be (B, *shape) with B >= {MIN_CALIBRATION}; "
+                             f"got shape {tuple(x_T.shape)}")
+        return x_T
+    if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < MIN_CALIBRATION:
+        raise ValueError(f"calibration must be a batch size >= {MIN_CALIBRATION} or a (B, *shape) tensor of "
+                         f"prior noise; got {calibration!r}")
+    if shape is None:
+        raise ValueError("calibration given as a batch size needs shape=(*data_shape), e.g. shape=(2,)")
+    return sde.prior_sample((calibration, *shape), generator=generator, dtype=dtype, device=device)
+
+
+def _fixed_step_ode_solvers() -> List[str]:
+    from .solvers import available, get
+
+    return [s for s in available("ode") if get(s).evals_per_step != "adaptive"]
+
+
+ScheduleSpec = Union[str, Sequence[float], torch.Tensor, OptimizedSchedule]
