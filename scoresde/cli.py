@@ -1,4 +1,5 @@
-"""The `scoresde` command line: `scoresde sample`, `scoresde sdes`, `scoresde nll`, `scoresde bench`."""
+"""The `scoresde` command line: `scoresde sample`, `scoresde sdes`, `scoresde nll`, `scoresde bench`,
+`scoresde schedule optimize`."""
 from __future__ import annotations
 
 import argparse
@@ -37,16 +38,23 @@ def _cmd_sdes(args: argparse.Namespace) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     from . import metrics
     from .data.problems import get_problem
-    from .solvers import sample
+    from .solvers import DEFAULT_SOLVER, sample
 
     dtype = DTYPES[args.dtype]
     sde = make_sde(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
     options = json.loads(args.options) if args.options else {}
+    schedule = args.schedule
+    if args.schedule_file is not None:
+        from .schedules import OptimizedSchedule
+
+        schedule = OptimizedSchedule.load(args.schedule_file)
+        args.solver, args.steps = args.solver or schedule.solver, schedule.steps
+    args.solver = args.solver or DEFAULT_SOLVER
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sample(model, shape=(args.n, *truth.event_shape), solver=args.solver, steps=args.steps,
-                 schedule=args.schedule, denoise=args.denoise, generator=gen, dtype=dtype, device=args.device,
+                 schedule=schedule, denoise=args.denoise, generator=gen, dtype=dtype, device=args.device,
                  progress=args.progress, **options)
     exact = truth.sample(args.n, torch.Generator(device=args.device).manual_seed(args.seed + 1),
                          dtype=torch.float64, device=args.device)
@@ -54,7 +62,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     floor = metrics.two_sample_floor(metrics.sliced_wasserstein,
                                      lambda n, g: truth.sample(n, g, dtype=torch.float64, device=args.device),
                                      args.n, repeats=5, generator=torch.Generator(device=args.device).manual_seed(args.seed + 2))
-    print(f"{args.problem} | {args.sde} | {args.solver} | steps={args.steps} schedule={args.schedule or 'default'}: "
+    schedule_name = args.schedule_file or args.schedule or "default"
+    print(f"{args.problem} | {args.sde} | {args.solver} | steps={args.steps} schedule={schedule_name}: "
           f"nfe={out.nfe}, {out.seconds:.3f} s, sliced W2 to exact samples {sw:.4f} "
           f"(two-sample floor {float(floor.mean):.4f} +- {float(floor.std):.4f})")
     folder = Path(args.out)
@@ -151,6 +160,26 @@ def _bench(args: argparse.Namespace, accuracy) -> None:
         print(f"wrote {Path(args.out) / 'accuracy_vs_nfe'}.{{json,csv,md,png}} in {results['seconds']:.0f} s")
 
 
+def _cmd_schedule(args: argparse.Namespace) -> None:
+    """Tune a time grid to an analytic problem, solver and NFE budget (scoresde.schedules.optimize)."""
+    from .data.problems import get_problem
+    from .schedules import optimize
+
+    sde = make_sde(args.sde)
+    truth = get_problem(args.problem)
+    model = truth.score_model(sde)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    result = optimize(model, sde, args.solver, args.nfe, calibration=args.calibration, shape=truth.event_shape,
+                      generator=gen, max_evals=args.max_evals, device=args.device)
+    result.save(args.out)
+    print(f"{args.problem} | {args.sde} | {args.solver} | nfe={args.nfe} ({result.steps} steps): calibration RMSE "
+          f"{result.loss_start:.3e} ({result.start}) -> {result.loss:.3e} (optimized), "
+          f"{len(result.loss_history)} grids tried, cost {result.cost_nfe} NFE on a batch of {result.calibration}")
+    print("times: " + ", ".join(f"{t:.6g}" for t in result.times.tolist()))
+    print(f"wrote {args.out}; use it with: scoresde sample --problem {args.problem} --sde {args.sde} "
+          f"--schedule-file {args.out}")
+
+
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
     try:
         import matplotlib
@@ -186,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS))
     p.add_argument("--sde", default="vp", choices=list(SDE_NAMES))
     p.add_argument("--prediction", default="eps", choices=list(PREDICTIONS), help="parameterization of the oracle")
-    p.add_argument("--solver", default=DEFAULT_SOLVER, choices=available())
+    p.add_argument("--solver", default=None, choices=available(),
+                   help=f"default: the --schedule-file's solver, else {DEFAULT_SOLVER}")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the SDE's default")
+    p.add_argument("--schedule-file", default=None,
+                   help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
     p.add_argument("--options", default=None, help='solver options as JSON, e.g. \'{"order": 3}\'')
     p.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step (+1 NFE)")
     p.add_argument("--n", type=int, default=2000)
@@ -244,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("schedule", help="time grids tuned to a problem, solver and NFE budget")
+    schedule_sub = p.add_subparsers(dest="action", required=True)
+    p = schedule_sub.add_parser("optimize", help="minimize the terminal error against a tight reference solve")
+    p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS))
+    p.add_argument("--sde", default="vp", choices=list(SDE_NAMES))
+    p.add_argument("--solver", default="dpm++2m", choices=available("ode"))
+    p.add_argument("--nfe", type=int, default=10, help="NFE budget")
+    p.add_argument("--calibration", type=int, default=256, help="calibration batch size (prior noise from --seed)")
+    p.add_argument("--max-evals", type=int, default=None, help="grids the search may try (default 30 per free time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="schedule.json")
+    p.set_defaults(func=_cmd_schedule)
     return parser
 
 
