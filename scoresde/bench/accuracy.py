@@ -15,7 +15,9 @@ records the NFE the model counted, the wall time and these metrics:
 
 Fixed-step solvers run the step count whose NFE is nearest the budget (ties go to the cheaper
 one); a cell records both `requested_nfe` and the counted `nfe`, so a budget a solver cannot
-meet is never mislabeled. Adaptive solvers run a tolerance sweep instead. A cell that fails
+meet is never mislabeled. With `optimize=True` every fixed-step ODE cell gets a twin with
+`schedule="optimized"`: the grid `scoresde.schedules.optimize` tunes for that solver and step
+count on a calibration batch of prior noise (seed + 3, held out from the cells' x_T). Adaptive solvers run a tolerance sweep instead. A cell that fails
 (non-finite values, a solver error) is recorded with its reason and the run goes on.
 
 Under `torchrun` the sample batch is split across ranks (every rank draws the full batch's
@@ -45,7 +47,7 @@ from ..solvers._loop import NonFiniteError
 
 __all__ = [
     "Problem", "analytic_problem", "digits_problem", "run_benchmark", "write_outputs", "METRICS", "ANALYTIC",
-    "BENCH_SDES", "DEFAULT_NFES", "QUICK", "feasible_steps", "markdown", "summary",
+    "BENCH_SDES", "DEFAULT_NFES", "QUICK", "feasible_steps", "markdown", "summary", "OPTIMIZED",
 ]
 
 METRICS = ("rmse", "sliced_w2", "mmd", "nll_gap")
@@ -53,6 +55,8 @@ ANALYTIC = ("ring2d", "gmm16d", "gmm64d", "bimodal1d")
 BENCH_SDES = ("vp", "ve", "edm")
 DEFAULT_NFES = (3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 70, 100)
 TABLE_NFES = (5, 10, 20, 50)
+#: the `schedule` of a cell whose grid was tuned by `scoresde.schedules.optimize` (optimize=True)
+OPTIMIZED = "optimized"
 #: tolerance sweeps for adaptive solvers (rtol = atol), loosest first
 ADAPTIVE_TOLERANCES = {"torchdiffeq": (1e-2, 1e-3, 1e-4, 1e-5), "scipy": (1e-2, 1e-3, 1e-4, 1e-5),
                        "adaptive_sde": (0.1, 0.05, 0.02, 0.01)}
@@ -220,9 +224,11 @@ class _SharedNoise:
 
 
 # ---- the run ------------------------------------------------------------------------------
-def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int) -> List[Tuple[str, Optional[int], Dict]]:
+def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int,
+           optimize: bool = False) -> List[Tuple[str, Optional[int], Dict]]:
     """(solver, requested NFE or None, options) in run order; budgets that land on a step
-    count already listed for that solver are run once."""
+    count already listed for that solver are run once; with `optimize`, each fixed-step ODE
+    cell is followed by its optimized-schedule twin (options["schedule"] = OPTIMIZED)."""
     cells = []
     for solver in solvers:
         info = get(solver)
@@ -236,6 +242,8 @@ def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int) -> List
             if steps not in seen:
                 seen.add(steps)
                 cells.append((solver, budget, {"steps": steps}))
+                if optimize and info.kind == "ode":
+                    cells.append((solver, budget, {"steps": steps, "schedule": OPTIMIZED}))
     return cells
 
 
@@ -280,6 +288,8 @@ def run_benchmark(
     resume: bool = False,
     progress: bool = False,
     digits_checkpoint: Union[str, Path, None] = None,
+    optimize: bool = False,
+    calibration: int = 256,
 ) -> Optional[dict]:
     """Run every (problem, solver, budget) cell; return the results dict on rank 0 (None on
     other ranks). With `out`, the JSON is rewritten after every cell (a long run never loses
@@ -294,6 +304,9 @@ def run_benchmark(
             solver's sweep to run.
         metrics: a subset of METRICS. n: samples per cell. schedule: None for each solver's
             default, or a schedule name used for all.
+        optimize: add an optimized-schedule row per fixed-step ODE solver (its grid tuned by
+            `scoresde.schedules.optimize` on `calibration` samples of held-out noise; every rank
+            tunes the same grid, deterministically).
     """
     start = time.perf_counter()
     solvers = list(available() if solvers is None else solvers)
@@ -311,6 +324,8 @@ def run_benchmark(
     ranks = _Ranks(n)
     config = dict(n=n, seed=seed, dtype=str(dtype).replace("torch.", ""), schedule=schedule, nfes=nfes,
                   metrics=metrics, world_size=ranks.world)
+    if optimize:
+        config["optimize"] = dict(calibration=calibration, seed=seed + 3)
     results = dict(config=config, machine=_machine(device), problems={}, cells=[])
     json_path = Path(out) / "accuracy_vs_nfe.json" if out is not None else None
     done = set()
@@ -323,7 +338,7 @@ def run_benchmark(
         done = {_key(c) for c in results["cells"]}
     done = ranks.broadcast(done)
 
-    cells = _cells(solvers, nfes, tolerances)
+    cells = _cells(solvers, nfes, tolerances, optimize)
     problem_list = list(problems)
     bar = None
     if progress and ranks.main:
@@ -333,7 +348,7 @@ def run_benchmark(
     for spec in problem_list:
         problem = _make_problem(spec, seed, n, device, dtype, digits_checkpoint)
         todo = [c for c in cells if _key(dict(problem=problem.name, solver=c[0], requested_nfe=c[1],
-                                                  tolerance=c[2].get("rtol"))) not in done]
+                                                  tolerance=c[2].get("rtol"), schedule=c[2].get("schedule"))) not in done]
         if bar is not None:
             bar.update(len(cells) - len(todo))
         if not todo:
@@ -352,7 +367,11 @@ def run_benchmark(
         bandwidth = _metrics.median_bandwidth(problem.target)
         if ranks.main and floor_metrics and "floors" not in info_problem:
             info_problem["floors"] = _floors(problem, floor_metrics, n, bandwidth, seed, floor_repeats)
+        tuning = None
         for solver, budget, options in todo:
+            if options.get("schedule") == OPTIMIZED:
+                tuning = tuning or _calibration(problem, calibration, seed, device, dtype)
+                options = {**options, "schedule": _optimized(problem, solver, options["steps"], *tuning)}
             record = _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, ranks)
             if ranks.main:
                 if record["status"] == "ok":
@@ -388,16 +407,40 @@ def _make_problem(spec, seed, n, device, dtype, digits_checkpoint) -> Problem:
 
 
 def _key(cell: dict) -> Tuple:
-    return (cell["problem"], cell["solver"], cell["requested_nfe"], cell.get("tolerance"))
+    return (cell["problem"], cell["solver"], cell["requested_nfe"], cell.get("tolerance"),
+            cell.get("schedule") == OPTIMIZED)
+
+
+def _calibration(problem: Problem, n: int, seed: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Calibration noise for optimized schedules (seed + 3, so not the cells' x_T), in the run's
+    dtype, and its reference solve."""
+    gen = torch.Generator(device=device).manual_seed(seed + 3)
+    x_cal = problem.model.sde.prior_sample((n, *problem.shape), gen, dtype=torch.float64, device=device)
+    ref = sample(problem.reference_model, x_T=x_cal.to(problem.reference_dtype), solver="torchdiffeq",
+                 t_end=problem.t_end, **problem.reference_options)
+    return x_cal.to(dtype), ref.x
+
+
+def _optimized(problem: Problem, solver: str, steps: int, x_cal: torch.Tensor, reference: torch.Tensor):
+    """The OptimizedSchedule for `solver` at `steps` steps (its NFE budget is theirs)."""
+    from ..schedules import optimize
+
+    info = get(solver)
+    return optimize(problem.model, None, solver, steps * int(info.evals_per_step) + info.extra_evals,
+                    calibration=x_cal, reference=reference, t_end=problem.t_end)
 
 
 def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, ranks) -> dict:
     info = get(solver)
-    record = dict(problem=problem.name, solver=solver, kind=info.kind, requested_nfe=budget,
-                  tolerance=options.get("rtol"), steps=options.get("steps"), schedule=schedule, status="ok",
-                  reason=None, nfe=None, seconds=None)
     kwargs = dict(options)
     steps = kwargs.pop("steps", None)
+    tuned = kwargs.pop("schedule", None)  # the OptimizedSchedule of an optimized cell
+    record = dict(problem=problem.name, solver=solver, kind=info.kind, requested_nfe=budget,
+                  tolerance=options.get("rtol"), steps=steps, schedule=OPTIMIZED if tuned else schedule,
+                  status="ok", reason=None, nfe=None, seconds=None)
+    if tuned:
+        record["optimization"] = dict(start=tuned.start, cost_nfe=tuned.cost_nfe, calibration=tuned.calibration,
+                                      calibration_rmse=[tuned.loss_start, tuned.loss], times=tuned.times.tolist())
     x = x_T.to(dtype)
     gen = torch.Generator(device=x.device).manual_seed(seed + 1)
     if info.kind == "sde":
@@ -405,8 +448,8 @@ def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, rank
             kwargs["noise"] = _SharedNoise(gen, ranks)
         kwargs["generator"] = gen
     try:
-        out = sample(problem.model, x_T=x, solver=solver, steps=steps, schedule=schedule, t_end=problem.t_end,
-                     **kwargs)
+        out = sample(problem.model, x_T=x, solver=solver, steps=None if tuned else steps, schedule=tuned or schedule,
+                     t_end=problem.t_end, **kwargs)
         ok, reason = True, None
     except (NonFiniteError, ValueError, RuntimeError, ArithmeticError) as err:
         ok, reason, out = False, f"{type(err).__name__}: {err}", None
@@ -467,7 +510,18 @@ def write_outputs(results: dict, out: Path) -> None:
         print("accuracy_vs_nfe.png not drawn: matplotlib is missing (pip install 'scoresde[plot]')")
 
 
-def _cell_at(cells: List[dict], solver: str, budget: int) -> Optional[dict]:
+def _rows(cells: List[dict], solvers: Sequence[str]) -> List[Tuple[str, bool]]:
+    """Table rows (solver, optimized?): each solver, then its optimized-schedule row if it has one."""
+    tuned = {c["solver"] for c in cells if c.get("schedule") == OPTIMIZED}
+    return [(s, opt) for s in solvers for opt in (False, True) if not opt or s in tuned]
+
+
+def _label(solver: str, optimized: bool) -> str:
+    return f"{solver} ({OPTIMIZED})" if optimized else solver
+
+
+def _cell_at(cells: List[dict], solver: str, budget: int, optimized: bool = False) -> Optional[dict]:
+    cells = [c for c in cells if (c.get("schedule") == OPTIMIZED) == optimized]
     for c in cells:
         if c["solver"] == solver and c["requested_nfe"] == budget:
             return c
@@ -513,8 +567,9 @@ def markdown(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
             lines.append(f"\n{metric}{note}\n")
             lines.append("| solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
             lines.append("|---|" + "---|" * len(budgets))
-            for s in fixed:
-                lines.append(f"| {s} | " + " | ".join(_fmt(_cell_at(cells, s, b), metric, b) for b in budgets) + " |")
+            for s, opt in _rows(cells, fixed):
+                lines.append(f"| {_label(s, opt)} | "
+                             + " | ".join(_fmt(_cell_at(cells, s, b, opt), metric, b) for b in budgets) + " |")
         adaptive = [c for c in cells if c["requested_nfe"] is None]
         if adaptive:
             lines.append("\nadaptive solvers (tolerance: NFE, " + ", ".join(cfg["metrics"]) + ")\n")
@@ -537,17 +592,17 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
     lines = [f"\n## Summary over {len(problems)} problems\n",
              "geometric mean of RMSE (ODE solvers) / problems with sliced W2 within 2 std of the floor\n",
              "| solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    for solver in solvers:
+    for solver, opt in _rows(results["cells"], solvers):
         row = []
         for b in budgets:
-            cells = [_cell_at([c for c in results["cells"] if c["problem"] == name], solver, b) for name in problems]
+            cells = [_cell_at([c for c in results["cells"] if c["problem"] == name], solver, b, opt) for name in problems]
             rmse = [c["rmse"] for c in cells if c is not None and c["status"] == "ok" and c.get("rmse")]
             mean = f"{math.exp(sum(map(math.log, rmse)) / len(rmse)):.2e}" if len(rmse) == len(problems) else "-"
             near = sum(1 for c, name in zip(cells, problems) if c is not None and c.get("sliced_w2") is not None
                        and c["sliced_w2"] <= problems[name]["floors"]["sliced_w2"]["mean"]
                        + 2 * problems[name]["floors"]["sliced_w2"]["std"])
             row.append(f"{mean} / {near}" if get(solver).kind == "ode" else f"{near}")
-        lines.append(f"| {solver} | " + " | ".join(row) + " |")
+        lines.append(f"| {_label(solver, opt)} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -567,7 +622,8 @@ def plot(results: dict, path: Path, metrics_to_plot: Sequence[str] = ("rmse", "s
     solvers = list(dict.fromkeys(c["solver"] for c in results["cells"]))
     colors = dict(zip(solvers, (plt.get_cmap("tab20").colors * 3)))
     for col, name in enumerate(problems):
-        cells = [c for c in results["cells"] if c["problem"] == name and c["status"] == "ok"]
+        cells = [c for c in results["cells"] if c["problem"] == name and c["status"] == "ok"
+                 and c.get("schedule") != OPTIMIZED]  # the Markdown tables carry the optimized rows
         for row, metric in enumerate(rows):
             ax = axes[row][col]
             for s in solvers:
