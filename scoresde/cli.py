@@ -154,6 +154,7 @@ def _bench(args: argparse.Namespace, accuracy) -> None:
         metrics=args.metrics or accuracy.METRICS, n=args.samples or quick.get("n", 1000), seed=args.seed, device=args.device,
         dtype=DTYPES[args.dtype], schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4),
         out=args.out, resume=args.resume, progress=not args.no_progress, digits_checkpoint=args.digits_ckpt,
+        optimize=args.optimize, calibration=args.calibration,
     )
     if results is not None:
         print(accuracy.markdown(results))
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--out", default="out/bench")
     p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
+    p.add_argument("--optimize", action="store_true",
+                   help="add an optimized-schedule row per fixed-step ODE solver (scoresde.schedules.optimize)")
+    p.add_argument("--calibration", type=int, default=256, help="calibration batch of --optimize (held-out noise)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
