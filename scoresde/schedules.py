@@ -133,7 +133,8 @@ class OptimizedSchedule:
     sde: repr of the SDE it was tuned under. solver, nfe: the solver and the NFE budget.
     start: the fixed schedule the search started from (the best on the calibration batch).
     loss_start, loss: calibration RMSE of that start and of `times`.
-    loss_history: calibration RMSE of every grid the search evaluated, in order.
+    loss_history: calibration RMSE of every grid evaluated, in order: the fixed schedules
+    (in SCHEDULES order), then the search's.
     cost_nfe: network evaluations the whole optimization spent (reference solve, the fixed
     schedules and the search), as counted by the model; calibration: its batch size.
     """
@@ -180,8 +181,11 @@ class OptimizedSchedule:
         """Read a file written by `save`; the times are validated when the schedule is used."""
         data = json.loads(Path(path).read_text())
         missing = {"times", "sde", "solver", "nfe"} - set(data)
-        if missing:
-            raise ValueError(f"{path} is not an optimized schedule file: it lacks {', '.join(sorted(missing))}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if missing or unknown:
+            raise ValueError(f"{path} is not an optimized schedule file: "
+                             + "; ".join(f"{what} {', '.join(sorted(keys))}" for what, keys in
+                                         (("it lacks", missing), ("unknown keys", unknown)) if keys))
         return cls(**{**data, "times": torch.tensor(data["times"], dtype=torch.float64)})
 
 
