@@ -161,8 +161,10 @@ def main(argv=None) -> None:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, x) in zip(axes.flat, shown.items()):
-        ax.imshow(image_grid(x[:36].clamp(-1, 1), nrow=6).numpy(), cmap="gray_r", vmin=-1, vmax=1)
-        ax.set_title(textwrap.fill(title, 26), fontsize=7)
+        # white gaps between tiles, pixels drawn as blocks (not smoothed), titles wrapped at words
+        ax.imshow(image_grid(x[:36].clamp(-1, 1), nrow=6, pad_value=-1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(textwrap.fill(title, 28, break_long_words=False), fontsize=8)
     save_figure(fig, args.out / "samples.png")
     print(f"done in {clock():.0f} s")
 

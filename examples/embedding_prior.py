@@ -1,7 +1,7 @@
 """A diffusion prior between two embedding spaces, as in DALL-E 2 (Ramesh et al. 2022, Sec. 2.1):
 an MLP score model generates an "image" embedding z given a "text" embedding c.
 
-    python examples/embedding_prior.py            # 3000 training steps (about a minute)
+    python examples/embedding_prior.py            # 3000 training steps (about 30 s)
     python examples/embedding_prior.py --quick    # a smoke run of a few seconds
 
 The synthetic pair: a hidden angle theta ~ U[0, 2 pi) gives the text embedding
@@ -103,17 +103,25 @@ def main(argv=None):
                 f"of p(z | c), mean over {len(thetas)} texts, next to the floor of two exact sets. Scale 0 ignores c.")
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(scales), figsize=(3.2 * len(scales), 3.3))
+    # one shared square window that holds every sample (guided ones overshoot the outer ring)
+    lim = max(2.2, 1.05 * max(float(x.abs().max()) for x in samples.values()))
+    kind = {0.0: "unconditional", 1.0: "conditional"}
+    fig, axes = plt.subplots(1, len(scales), figsize=(3.3 * len(scales), 3.6), sharey=True)
     for ax, scale, row in zip(axes, scales, rows):
         for j, theta in enumerate(thetas):
             x = samples[scale, theta]
-            ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.4, color=f"C{j}", linewidths=0)
+            ax.scatter(x[:, 0], x[:, 1], s=2.5, alpha=0.5, color=f"C{j}", linewidths=0,
+                       label=f"theta = {theta:g}" if ax is axes[-1] else None)
             modes = exact_prior(theta).means
             ax.scatter(modes[:, 0], modes[:, 1], marker="x", s=30, color="k", linewidths=1)
-        ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 2.2), aspect="equal", xticks=[], yticks=[])
-        ax.set_title(f"scale {scale:g}: SW {row['sw_to_exact_conditional']:.3f} "
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="z[0]")
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"scale {scale:g} ({kind.get(scale, 'guided')}): SW {row['sw_to_exact_conditional']:.3f}\n"
                      f"(floor {row['two_sample_floor']:.3f})", fontsize=8)
-    fig.suptitle("z given 4 text embeddings (colours); x: exact modes of p(z | c)", fontsize=9)
+    axes[0].set_ylabel("z[1]")
+    axes[-1].legend(fontsize=7, markerscale=4, loc="center left", bbox_to_anchor=(1.02, 0.5), title="text c(theta)",
+                    title_fontsize=7, frameon=False)
+    fig.suptitle(f"samples of z given 4 text embeddings (colours, {n} each); x: exact modes of p(z | c)", fontsize=9)
     save_figure(fig, args.out / "embedding_prior.png")
     print(f"done in {clock():.0f} s")
 

@@ -2,6 +2,8 @@
 
     python examples/guided_digits.py            # ~4000 training steps (minutes), then the sweep
     python examples/guided_digits.py --quick    # a smoke run in well under a minute
+    python examples/guided_digits.py --ckpt out/guidance_digits/checkpoint.pt
+                                                # no training: a saved class-conditional model
 
 One U-Net learns both p(x | class) and p(x): `Trainer(label_dropout=0.15)` replaces 15% of the
 labels by the null label. `scoresde.guidance.ClassifierFree(model, labels, scale)` then serves
@@ -16,7 +18,9 @@ fidelity.
 
 Writes to --out: guided_digits.png (one row per scale, one column per class), guidance_sweep.md
 and .json (scale, judge accuracy, within-class spread, NFE, seconds). The trained model is
-kept in <out>/model (or model_quick), so a second run skips training.
+kept in <out>/model (or model_quick), so a second run skips training. `--ckpt PATH` samples
+from any class-conditional digits checkpoint written by `Trainer` instead (e.g. the 6000-step
+model of benchmarks/guidance_digits.py); it is only read, never trained on or overwritten.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=None, help="training steps (default 4000; 150 with --quick)")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="guidance scales (default 0 1 2 4)")
     p.add_argument("--per-class", type=int, default=None, help="samples per class and scale (default 50; 8 with --quick)")
+    p.add_argument("--ckpt", type=Path, default=None,
+                   help="a class-conditional digits checkpoint to sample from instead of training (--steps is then ignored)")
 
 
 def train_conditional_model(steps: int, out: Path, quick: bool, seed: int) -> sd.ScoreModel:
@@ -58,10 +64,14 @@ def main(argv=None):
     per_class = args.per_class or (8 if args.quick else 50)
     clock = Stopwatch()
 
-    model = train_conditional_model(steps, args.out, args.quick, args.seed)
+    if args.ckpt is not None:  # read only: no checkpoint directory, no training
+        loaded = sd.Trainer.from_checkpoint(args.ckpt, sd.data.load_digits("train"), progress=False, ckpt_dir=None)
+        model, steps = loaded.ema_model, loaded.step
+    else:
+        model = train_conditional_model(steps, args.out, args.quick, args.seed)
     x_train, y_train = sd.data.load_digits("train")
     judge = train_digit_classifier(x_train, y_train, epochs=5 if args.quick else 30, seed=args.seed + 1)
-    print(f"trained in {clock():.0f} s")
+    print(f"model and judge ready in {clock():.0f} s")
 
     labels = torch.arange(10).repeat_interleave(per_class)
     rows, images = [], []
@@ -80,14 +90,21 @@ def main(argv=None):
                 "dpm++2m; one guided evaluation = one batched call = 1 NFE). Accuracy of an independent "
                 "classifier on the intended class; pixel std within each class (diversity).")
     plt = pyplot()
-    fig, axes = plt.subplots(len(scales), 1, figsize=(5, 1.25 * len(scales)))
-    for ax, scale, x, row in zip(axes, scales, images, rows):
+    kind = {0.0: "unconditional", 1.0: "conditional"}
+    fig, axes = plt.subplots(len(scales), 1, figsize=(5.5, 1.75 * len(scales)), squeeze=False)
+    for ax, scale, x, row in zip(axes[:, 0], scales, images, rows):
         ax.imshow(image_grid(x, nrow=10, pad_value=-1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1,
                   interpolation="nearest")
-        ax.set_title(f"scale {scale:g}: judge accuracy {row['judge_accuracy']:.2f}, "
-                     f"spread {row['within_class_pixel_std']:.2f}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle("columns: classes 0-9 (two samples each, stacked)", fontsize=8)
+        ax.set_title(f"scale {scale:g} ({kind.get(scale, 'guided')}): judge accuracy {row['judge_accuracy']:.2f}, "
+                     f"within-class spread {row['within_class_pixel_std']:.2f}", fontsize=8)
+        # the intended class under each column (tiles are 8 pixels + 1 of padding)
+        ax.set_xticks([1 + 9 * k + 3.5 for k in range(10)], [str(k) for k in range(10)], fontsize=7)
+        ax.set_yticks([])
+        ax.tick_params(length=0, pad=1)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    axes[-1, 0].set_xlabel("intended class (two samples each, stacked)", fontsize=8)
+    fig.tight_layout(h_pad=0.6)
     save_figure(fig, args.out / "guided_digits.png")
     print(f"done in {clock():.0f} s")
 
