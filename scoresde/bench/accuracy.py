@@ -335,6 +335,7 @@ def run_benchmark(
                 {k: v for k, v in config.items() if k != "world_size"}:
             raise ValueError(f"resume: {json_path} was written with another configuration ({earlier['config']})")
         results["problems"], results["cells"] = earlier["problems"], earlier["cells"]
+        results["seconds"] = earlier.get("seconds", 0.0)  # the earlier run's time, added to below
         done = {_key(c) for c in results["cells"]}
     done = ranks.broadcast(done)
 
@@ -384,7 +385,7 @@ def run_benchmark(
                 bar.update(1)
     if bar is not None:
         bar.close()
-    results["seconds"] = time.perf_counter() - start + (results.get("seconds", 0.0) if resume else 0.0)
+    results["seconds"] = time.perf_counter() - start + results.get("seconds", 0.0)
     if not ranks.main:
         return None
     if out is not None:
@@ -496,7 +497,7 @@ CSV_COLUMNS = ("problem", "solver", "kind", "schedule", "requested_nfe", "tolera
 
 
 def write_outputs(results: dict, out: Path) -> None:
-    """accuracy_vs_nfe.json, .csv, .md and .png in `out`."""
+    """accuracy_vs_nfe.json, .csv, .md, .png (RMSE) and _sliced_w2.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     _write_json(results, out / "accuracy_vs_nfe.json")
     with open(out / "accuracy_vs_nfe.csv", "w", newline="") as f:
@@ -505,7 +506,8 @@ def write_outputs(results: dict, out: Path) -> None:
         writer.writerows(results["cells"])
     (out / "accuracy_vs_nfe.md").write_text(markdown(results))
     try:
-        plot(results, out / "accuracy_vs_nfe.png")
+        plot(results, out / "accuracy_vs_nfe.png", "rmse")
+        plot(results, out / "accuracy_vs_nfe_sliced_w2.png", "sliced_w2")
     except ImportError:
         print("accuracy_vs_nfe.png not drawn: matplotlib is missing (pip install 'scoresde[plot]')")
 
@@ -606,42 +608,48 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path, metrics_to_plot: Sequence[str] = ("rmse", "sliced_w2")) -> None:
-    """Log-log error vs counted NFE, one line per solver; one column per problem, one row per
-    metric (the sliced W2 panel draws the floor as a band)."""
+def plot(results: dict, path: Path, metric: str = "rmse", columns: int = 3) -> None:
+    """Log-log `metric` vs counted NFE, one line per solver (SDE solvers dashed), one panel per
+    problem; sample metrics draw the two-sample floor (mean +- std) as a grey band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [m for m in metrics_to_plot if m in results["config"]["metrics"]]
     problems = list(results["problems"])
-    if not rows or not problems:
+    if metric not in results["config"]["metrics"] or not problems:
         return
-    fig, axes = plt.subplots(len(rows), len(problems), figsize=(5 * len(problems), 4.2 * len(rows)), squeeze=False)
+    cols = min(columns, len(problems))
+    rows = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.7 * rows + 1.2), squeeze=False)
     solvers = list(dict.fromkeys(c["solver"] for c in results["cells"]))
-    colors = dict(zip(solvers, (plt.get_cmap("tab20").colors * 3)))
-    for col, name in enumerate(problems):
+    colors = dict(zip(solvers, plt.get_cmap("tab20").colors * 3))
+    markers = dict(zip(solvers, "osD^v<>ph*" * 4))
+    for ax, name in zip(axes.flat, problems):
         cells = [c for c in results["cells"] if c["problem"] == name and c["status"] == "ok"
                  and c.get("schedule") != OPTIMIZED]  # the Markdown tables carry the optimized rows
-        for row, metric in enumerate(rows):
-            ax = axes[row][col]
-            for s in solvers:
-                pts = sorted((c["nfe"], c[metric]) for c in cells if c["solver"] == s and c.get(metric))
-                if pts:
-                    style = "s--" if get(s).kind == "sde" else "o-"
-                    ax.loglog(*zip(*pts), style, ms=3, lw=1, color=colors[s], label=s)
-            floor = results["problems"][name].get("floors", {}).get(metric)
-            if floor:
-                ax.axhspan(max(floor["mean"] - floor["std"], 1e-12), floor["mean"] + floor["std"], color="grey",
-                           alpha=0.25, label="two-sample floor")
-            ax.set(title=f"{name}: {metric}", xlabel="NFE (counted)", ylabel=metric)
-            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.grid(True, which="both", alpha=0.3)
-            if col == 0:
-                ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        for s in solvers:
+            pts = sorted((c["nfe"], c[metric]) for c in cells if c["solver"] == s and c.get(metric))
+            if pts:
+                ax.loglog(*zip(*pts), ls="--" if get(s).kind == "sde" else "-", marker=markers[s], ms=3, lw=1,
+                          color=colors[s], label=s)
+        floor = results["problems"][name].get("floors", {}).get(metric)
+        if floor:
+            ax.axhspan(max(floor["mean"] - floor["std"], 1e-12), floor["mean"] + floor["std"], color="grey",
+                       alpha=0.3, label="two-sample floor")
+        ax.set_title(name, fontsize=10)
+        ax.set(xlabel="NFE (counted)", ylabel=metric)
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(problems):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(8, len(handles)), fontsize=7)
+    fig.tight_layout(rect=(0, 1.0 / (3.7 * rows + 1.2) * min(4, math.ceil(len(handles) / 8)) * 0.3, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
