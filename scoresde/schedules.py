@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ._utils import check_choice
@@ -30,7 +31,7 @@ __all__ = [
 
 
 def _check(sde: SDE, steps: int, t_end: Optional[float]) -> float:
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+    if steps is None or isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     t_end = sde.t_eps if t_end is None else float(t_end)
     if not 0 < t_end < sde.T:
@@ -199,6 +200,7 @@ def optimize(
     generator: Optional[torch.Generator] = None,
     t_end: Optional[float] = None,
     max_evals: Optional[int] = None,
+    knots: Optional[int] = None,
     reference: Optional[torch.Tensor] = None,
     reference_options: Optional[Dict[str, object]] = None,
     dtype: torch.dtype = torch.float64,
@@ -209,10 +211,12 @@ def optimize(
     batch.
 
     Parameterization: the grid is monotone by construction. The log-SNR interval
-    [lambda(T), lambda(t_end)] is cut into `steps` increments proportional to softmax(z) (z_0 = 0,
-    so steps - 1 free parameters) and times are t(lambda). The search starts from the best of
-    the fixed schedules (SCHEDULES) on the calibration batch and minimizes log RMSE with
-    Nelder-Mead (scipy), deterministic given the batch: the same seed gives the same grid.
+    [lambda(T), lambda(t_end)] is cut into `steps` increments proportional to softmax(logits) and
+    times are t(lambda). The logits are those of the best fixed schedule (SCHEDULES) on the
+    calibration batch plus offsets interpolated linearly between `knots` evenly spaced steps,
+    the first offset held at 0 (softmax ignores a common shift): knots - 1 free parameters, by
+    default one per step. The search minimizes log RMSE with Nelder-Mead (scipy) from zero
+    offsets; it is deterministic given the batch, so the same seed gives the same grid.
 
     Derivative-free by choice: the solvers compute step coefficients as Python floats
     (`solvers._loop.Grid`, `math.expm1`, numpy for UniPC), which keeps sampling fast but cuts
@@ -227,8 +231,9 @@ def optimize(
             the batch dimension; the prior noise is drawn with `generator` in `dtype` on
             `device`) or the calibration noise x_T itself, (B, *shape).
         t_end: last time of the grid (default sde.t_eps). max_evals: grids the search may
-            evaluate (default 30 per free parameter, at least 60); each costs about `nfe`
-            batched evaluations. reference: the reference terminal states, (B, *shape), if
+            evaluate (default 30 per free parameter, at least 60); each costs `nfe` batched
+            evaluations. knots: fewer free parameters (>= 2; None: one per step) for a
+            cheaper search and a smoother grid. reference: the reference terminal states, (B, *shape), if
             already solved; else solved with `reference_options` (default dopri8 at 1e-10).
 
     Returns an OptimizedSchedule; its `cost_nfe` is the counted cost of the whole search.
@@ -249,6 +254,8 @@ def optimize(
         raise ValueError(f"nfe must be an integer >= {minimum} (one step of solver {solver!r}); got {nfe!r}")
     steps = info.steps_for_nfe(int(nfe))
     t_end = _check(sde, steps, t_end)
+    if knots is not None and (isinstance(knots, bool) or int(knots) != knots or knots < 2):
+        raise ValueError(f"knots must be None (one per step) or an integer >= 2; got {knots!r}")
     x_T = _calibration_noise(sde, calibration, shape, generator, dtype, device)
     nfe_start = model.nfe
     if reference is None:
@@ -275,32 +282,37 @@ def optimize(
     start = min(fixed, key=fixed.get)
     best_ts, best = SCHEDULES[start](sde, steps, t_end), fixed[start]
     lam_T, lam_end = float(sde.log_snr(sde.T)), float(sde.log_snr(t_end))
-    if steps > 1:
-        widths = torch.diff(sde.log_snr(best_ts)) / (lam_end - lam_T)
-        z0 = torch.log(widths[1:] / widths[0]).numpy()
-        max_evals = max(60, 30 * (steps - 1)) if max_evals is None else int(max_evals)
+    count = steps if knots is None else min(int(knots), steps)
+    if count > 1:
+        log_widths = torch.log(torch.diff(sde.log_snr(best_ts)) / (lam_end - lam_T)).numpy()
+        at = np.linspace(0, steps - 1, count)
+        max_evals = max(60, 30 * (count - 1)) if max_evals is None else int(max_evals)
         found: Dict[Tuple[float, ...], float] = {}
 
-        def objective(z) -> float:
-            ts = _grid_from_logits(sde, z, lam_T, lam_end, t_end)
+        def grid(offsets) -> Optional[torch.Tensor]:
+            logits = log_widths + np.interp(np.arange(steps), at, np.concatenate([[0.0], offsets]))
+            return _grid_from_logits(sde, logits, lam_T, lam_end, t_end)
+
+        def objective(offsets) -> float:
+            ts = grid(offsets)
             value = math.inf if ts is None else rmse(ts)
-            found[tuple(z)] = value
+            found[tuple(offsets)] = value
             return math.log(value) if value > 0 else -math.inf
 
         # a simplex of 0.5 in log-width: large enough to leave the start's basin of round-off
-        simplex = [z0] + [z0 + 0.5 * e for e in torch.eye(steps - 1, dtype=torch.float64).numpy()]
-        result = minimize(objective, z0, method="Nelder-Mead",
+        simplex = np.concatenate([np.zeros((1, count - 1)), 0.5 * np.eye(count - 1)])
+        result = minimize(objective, simplex[0], method="Nelder-Mead",
                           options=dict(maxfev=max_evals, initial_simplex=simplex, xatol=1e-3, fatol=1e-4))
         if found.get(tuple(result.x), math.inf) < best:
-            best_ts, best = _grid_from_logits(sde, result.x, lam_T, lam_end, t_end), found[tuple(result.x)]
+            best_ts, best = grid(result.x), found[tuple(result.x)]
     return OptimizedSchedule(best_ts, repr(sde), solver, int(nfe), start, fixed[start], best, history,
                              model.nfe - nfe_start, x_T.shape[0])
 
 
-def _grid_from_logits(sde: AffineSDE, z, lam_T: float, lam_end: float, t_end: float) -> Optional[torch.Tensor]:
-    """The grid whose log-SNR increments are proportional to softmax([0, *z]); None if round-off
-    makes two times equal (the search then sees an infinite loss)."""
-    logits = torch.cat([torch.zeros(1, dtype=torch.float64), torch.as_tensor(z, dtype=torch.float64)])
+def _grid_from_logits(sde: AffineSDE, logits, lam_T: float, lam_end: float, t_end: float) -> Optional[torch.Tensor]:
+    """The grid whose log-SNR increments are proportional to softmax(logits) (one per step);
+    None if round-off makes two times equal (the search then sees an infinite loss)."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
     fractions = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.softmax(logits, 0), 0)])
     ts = _pin_ends(sde.t_of_log_snr(lam_T + (lam_end - lam_T) * fractions), sde.T, t_end)
     return ts if bool((ts[1:] < ts[:-1]).all()) and bool(torch.isfinite(ts).all()) else None

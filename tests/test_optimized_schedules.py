@@ -61,6 +61,15 @@ def test_cost_is_the_counted_evaluations(setting):
     assert len(schedules.SCHEDULES) < len(opt.loss_history) <= len(schedules.SCHEDULES) + 12 + 1
 
 
+def test_knots_keep_the_gain_with_fewer_parameters(setting):
+    sde, model, opt = setting
+    smooth = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,), knots=3,
+                                generator=torch.Generator().manual_seed(1))
+    # 2 free parameters: Nelder-Mead's default budget of 60 grids, after the 4 fixed ones
+    assert len(smooth.loss_history) <= len(schedules.SCHEDULES) + 60 + 1
+    assert smooth.loss < 0.8 * smooth.loss_start and bool((smooth.times[1:] < smooth.times[:-1]).all())
+
+
 def test_same_seed_same_schedule(setting):
     sde, model, opt = setting
     again = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,),
@@ -105,6 +114,8 @@ def test_bad_input_names_the_parameter(setting):
         schedules.optimize(model, sde, SOLVER, 10, calibration=64)
     with pytest.raises(ValueError, match="solver='euler_maruyama' is not a fixed-step ODE solver.*dpm\\+\\+2m"):
         schedules.optimize(model, sde, "euler_maruyama", 10, calibration=64, shape=(2,))
+    with pytest.raises(ValueError, match="knots must be None .* or an integer >= 2; got 1"):
+        schedules.optimize(model, sde, SOLVER, 10, calibration=64, shape=(2,), knots=1)
     with pytest.raises(ValueError, match="strictly decreasing"):
         sd.sample(model, shape=(4, 2), solver=SOLVER, steps=None, schedule=[1.0, 0.5, 0.7, 0.001])
 
