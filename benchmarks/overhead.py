@@ -1,0 +1,146 @@
+"""Time per sampling step beyond the network's own cost: native solvers against torchdiffeq's
+fixed-grid methods and torchsde, for the MLP (batch 4096), the digits U-Net (batch 64) and the
+analytic ring2d oracle (batch 2000).
+
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py [--device cuda] [--steps 50] [--repeats 5]
+
+For each network, `forward` is the median time of one raw network call (the time input already
+made), `wrapper` the ScoreModel's own cost per evaluation (an identity network in its place),
+and for each solver `ratio` = wall time of a whole `sample` call / (counted NFE x
+forward): 1.0 means the solver costs nothing beyond its evaluations. Every time is the median
+of `--repeats` runs after a warm-up; on CUDA each is bracketed by synchronizations.
+Targets (issue 7): native fixed-step ratio <= 1.10; native Euler-Maruyama at least 5x faster
+per step than torchsde's euler on the analytic problem. Writes overhead.json and overhead.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import scoresde as sd
+from scoresde.data.problems import get_problem
+
+# (label, solver, options): native fixed-step ODE and SDE solvers, then the library backends
+RUNS = [
+    ("euler", "euler", {}),
+    ("heun", "heun", {}),
+    ("dpm++2m", "dpm++2m", {}),
+    ("ipndm", "ipndm", {}),
+    ("euler_maruyama", "euler_maruyama", {}),
+    ("ancestral", "ancestral", {}),
+    ("torchdiffeq euler", "torchdiffeq", {"method": "euler"}),
+    ("torchdiffeq rk4", "torchdiffeq", {"method": "rk4"}),
+    ("torchsde euler", "torchsde", {"method": "euler"}),
+]
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (allocations, lazy init, cuDNN autotuning)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _setups(device: torch.device, dtype: torch.dtype):
+    sde = sd.VPSDE()
+    mlp = sd.ScoreModel(sd.nets.MLP(dim=2), sde, prediction="eps").to(device=device, dtype=dtype).eval()
+    unet = sd.ScoreModel(sd.nets.UNet(in_channels=1), sde, prediction="eps").to(device=device, dtype=dtype).eval()
+    oracle = get_problem("ring2d").score_model(sde)
+    return [("MLP (2-D, batch 4096)", mlp, (4096, 2)), ("UNet (1x8x8, batch 64)", unet, (64, 1, 8, 8)),
+            ("ring2d oracle (batch 2000)", oracle, (2000, 2))]
+
+
+def measure(device: torch.device, dtype: torch.dtype, steps: int, repeats: int) -> dict:
+    results = {}
+    for name, model, shape in _setups(device, dtype):
+        x = model.sde.prior_sample(shape, torch.Generator(device=device).manual_seed(0), dtype=dtype, device=device)
+        t = torch.full((shape[0],), 0.5, dtype=dtype, device=device)
+        t_in = model.network_time(t)
+        identity = sd.ScoreModel(lambda x_in, t_net: x_in, model.sde, prediction="eps")
+        with torch.no_grad():
+            forward = _timed(lambda: model.net(x, t_in), device, repeats)
+            # the ScoreModel's own cost per evaluation (time input, alpha/sigma, eps -> x0)
+            wrapper = _timed(lambda: identity.x0(x, 0.5), device, repeats)
+        rows = {}
+        for label, solver, options in RUNS:
+            schedule = "uniform" if solver == "torchsde" else None
+            gen = torch.Generator(device=device)
+
+            def run():
+                gen.manual_seed(0)
+                return sd.sample(model, x_T=x, solver=solver, steps=steps, schedule=schedule, generator=gen,
+                                 **options)
+
+            nfe = run().nfe
+            wall = _timed(run, device, repeats)
+            rows[label] = dict(seconds=wall, nfe=nfe, per_step=wall / steps, ratio=wall / (nfe * forward))
+        results[name] = dict(forward=forward, wrapper=wrapper, solvers=rows,
+                             em_vs_torchsde=rows["torchsde euler"]["per_step"] / rows["euler_maruyama"]["per_step"])
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        labels = list(res["solvers"])
+        ratios = [res["solvers"][k]["ratio"] for k in labels]
+        ax.barh(labels, ratios, color=["tab:blue" if "torch" not in k else "tab:orange" for k in labels])
+        ax.axvline(1.0, color="black", lw=1)
+        ax.axvline(1.1, color="red", lw=1, ls="--", label="target 1.10")
+        ax.set(title=f"{name}\nforward {res['forward'] * 1e3:.2f} ms", xlabel="wall time / (NFE x forward)")
+        ax.invert_yaxis()
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    results = measure(device, getattr(torch, args.dtype), args.steps, args.repeats)
+    meta = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                processor=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                torch=torch.__version__, steps=args.steps, repeats=args.repeats, dtype=args.dtype)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overhead.json").write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+    plot(results, out / "overhead.png")
+    for name, res in results.items():
+        print(f"\n{name}: one forward {res['forward'] * 1e3:.3f} ms, ScoreModel bookkeeping per evaluation "
+              f"{res['wrapper'] * 1e3:.3f} ms; {args.steps} steps")
+        print("| solver | NFE | wall time | per step | wall / (NFE x forward) |")
+        print("|---|---|---|---|---|")
+        for label, row in res["solvers"].items():
+            print(f"| {label} | {row['nfe']} | {row['seconds'] * 1e3:.1f} ms | {row['per_step'] * 1e3:.3f} ms "
+                  f"| {row['ratio']:.2f} |")
+        print(f"torchsde euler / native Euler-Maruyama per step: {res['em_vs_torchsde']:.2f}x")
+    print(f"\nwrote {out / 'overhead.json'} and {out / 'overhead.png'}")
+
+
+if __name__ == "__main__":
+    main()
