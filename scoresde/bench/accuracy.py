@@ -171,7 +171,7 @@ class _Ranks:
         self.n = n
         bounds = [n * r // self.world for r in range(self.world + 1)]
         self.lo, self.hi = bounds[self.rank], bounds[self.rank + 1]
-        self.rows = max(bounds[r + 1] - bounds[r] for r in range(self.world))
+        self.sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:])]  # rows of each rank
 
     @property
     def main(self) -> bool:
@@ -181,12 +181,11 @@ class _Ranks:
         """The full batch (rank order) on every rank."""
         if not self.on:
             return x
-        padded = torch.zeros((self.rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded = torch.zeros((max(self.sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
         padded[: len(x)] = x
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         torch.distributed.all_gather(parts, padded)
-        sizes = [self.n * (r + 1) // self.world - self.n * r // self.world for r in range(self.world)]
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        return torch.cat([p[:s] for p, s in zip(parts, self.sizes)])
 
     def all_ok(self, ok: bool, device) -> bool:
         if not self.on:
@@ -523,14 +522,11 @@ def _label(solver: str, optimized: bool) -> str:
 
 
 def _cell_at(cells: List[dict], solver: str, budget: int, optimized: bool = False) -> Optional[dict]:
-    cells = [c for c in cells if (c.get("schedule") == OPTIMIZED) == optimized]
-    for c in cells:
-        if c["solver"] == solver and c["requested_nfe"] == budget:
-            return c
-    # a budget that fell on a step count already run: the cell with the nearest counted NFE
-    runs = [c for c in cells if c["solver"] == solver and c["requested_nfe"] is not None and c["nfe"] is not None]
-    near = min(runs, key=lambda c: abs(c["nfe"] - budget), default=None)
-    return near if near is not None and feasible_steps(solver, budget) == near["steps"] else None
+    """The cell that ran `budget` for a fixed-step solver: the one with its step count (a budget
+    that fell on a step count already run shares that cell)."""
+    steps = feasible_steps(solver, budget)
+    return next((c for c in cells if c["solver"] == solver and c["steps"] == steps and c["requested_nfe"] is not None
+                 and (c.get("schedule") == OPTIMIZED) == optimized), None)
 
 
 def _fmt(cell: Optional[dict], metric: str, budget: Optional[int]) -> str:
