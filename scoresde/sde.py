@@ -12,10 +12,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import _checks
 from ._utils import Time, as_time, check_finite, check_time_range, expand_as_batch
 
 __all__ = [
     "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "DiscreteVPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
+    "SDES", "by_name",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,7 +78,24 @@ class SDE:
         return f"{type(self).__name__}({params})"
 
     def _params(self) -> dict:
+        """The parameters shown by repr (a summary for long tables)."""
         return {}
+
+    def _identity(self) -> tuple:
+        """Everything that defines the process (its numeric attributes; not t_eps, which is only
+        the default end time of sampling): two SDEs of one class are equal when these are."""
+        return tuple(sorted((k, v) for k, v in vars(self).items()
+                            if k != "t_eps" and isinstance(v, (int, float, str, bool))))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(self) is not type(other):
+            return NotImplemented if not isinstance(other, SDE) else False
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._identity()))
 
 
 class ReverseSDE:
@@ -310,6 +329,9 @@ class DiscreteVPSDE(AffineSDE):
     def _params(self) -> dict:
         return {"num_train_timesteps": self.num_train_timesteps, "alpha_bar_last": float(self.alphas_cumprod[-1])}
 
+    def _identity(self) -> tuple:
+        return tuple(self.alphas_cumprod.tolist())  # the whole table, in float64
+
     def timestep(self, t: Time) -> torch.Tensor:
         """The model's float timestep N t - 1 at time t (k at t_k; no rounding)."""
         return self.num_train_timesteps * as_time(t) - 1
@@ -510,3 +532,12 @@ class EDMSDE(_UnitAlphaSDE):
 
     def t_of_log_snr(self, lam: Time) -> torch.Tensor:
         return torch.exp(-as_time(lam))
+
+
+#: the built-in SDEs by their short names (the CLI's --sde, benchmark problem names)
+SDES = {"vp": VPSDE, "cosine": CosineVPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}
+
+
+def by_name(name: str, **params) -> AffineSDE:
+    """The built-in SDE called `name` (a key of SDES), built with `params`."""
+    return SDES[_checks.choice("sde", name, SDES)](**params)

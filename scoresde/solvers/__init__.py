@@ -4,8 +4,9 @@ from . import ode, exponential, sde, adaptive, backends  # noqa: F401,I001
 from ._loop import Loop, NonFiniteError
 from .registry import SolverInfo, available, get, register
 from .sampling import DEFAULT_SCHEDULE, DEFAULT_SOLVER, DEFAULT_STEPS, SampleResult, sample
+from .reference import REFERENCE_OPTIONS, reference_solve
 
 __all__ = [
     "sample", "SampleResult", "available", "get", "register", "SolverInfo", "Loop", "NonFiniteError",
-    "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFAULT_STEPS",
+    "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFAULT_STEPS", "REFERENCE_OPTIONS", "reference_solve",
 ]

@@ -1,0 +1,120 @@
+"""Argument checks with one message shape: `<name> must be <accepted>; got <given>`.
+
+Every public entry point validates its arguments here before any work starts, so a bad call
+is refused with a message that names the parameter, the accepted values and what was given.
+Each check returns the value in its canonical type (an `int`, a `float`, the chosen string).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+
+__all__ = [
+    "ArgumentError", "fail", "integer", "real", "choice", "boolean", "affine", "same_sde", "finite",
+    "renamed",
+]
+
+
+class ArgumentError(ValueError):
+    """A bad argument, refused before any work started (a ValueError, so `except ValueError`
+    catches it as before)."""
+
+
+def _given(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def fail(name: str, accepted: str, value: Any) -> ArgumentError:
+    """The error to raise for `name` = `value`, which should have been `accepted`."""
+    return ArgumentError(f"{name} must be {accepted}; got {_given(value)}")
+
+
+def integer(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """An integer (not a bool, a float or a string) in [low, high]."""
+    bounds = _bounds(low, high, open_low=False, open_high=False)
+    accepted = "an integer" + bounds
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise fail(name, accepted, value)
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise fail(name, accepted, value)
+    return value
+
+
+def real(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+         open_low: bool = False, open_high: bool = False, finite: bool = True) -> float:
+    """A real number (not a bool or a string) in the interval from `low` to `high`, each end
+    closed unless `open_low`/`open_high`; finite unless `finite=False`."""
+    accepted = ("a finite number" if finite else "a number") + _bounds(low, high, open_low, open_high)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise fail(name, accepted, value)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise fail(name, accepted, value)
+        value = value.item()
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise fail(name, accepted, value)
+    if low is not None and (value < low or (open_low and value == low)):
+        raise fail(name, accepted, value)
+    if high is not None and (value > high or (open_high and value == high)):
+        raise fail(name, accepted, value)
+    return value
+
+
+def _bounds(low, high, open_low: bool, open_high: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if open_high else '<='} {high:g}"
+    return ""
+
+
+def choice(name: str, value: Any, choices: Iterable[str], aliases: Optional[Mapping[str, str]] = None) -> str:
+    """One of `choices` (or an old name in `aliases`, returned as its canonical choice)."""
+    choices = list(choices)
+    if isinstance(value, str):
+        if value in choices:
+            return value
+        if aliases and value in aliases:
+            return aliases[value]
+    raise fail(name, "one of: " + ", ".join(choices), value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail(name, "True or False", value)
+    return value
+
+
+def affine(sde: Any, what: str) -> None:
+    """Refuse a non-affine SDE for `what`, which needs alpha(t), sigma(t) and the log-SNR."""
+    if not getattr(sde, "is_affine", False):
+        raise ArgumentError(
+            f"{what} needs an affine SDE (marginals alpha(t) x0 + sigma(t) eps); got {type(sde).__name__}"
+        )
+
+
+def same_sde(sde: Any, model_sde: Any) -> None:
+    """Refuse an `sde` argument that differs from the model's own (compared by value)."""
+    if sde is not model_sde and sde != model_sde:
+        raise ArgumentError(f"sde must be the model's sde {model_sde!r} (or None); got {sde!r}")
+
+
+def finite(name: str, x: torch.Tensor) -> None:
+    """Refuse a tensor holding NaN or inf (one host read)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ArgumentError(f"{name} must be finite; got a tensor with NaN or inf values")
+
+
+def renamed(given: Mapping[str, Any], renames: Mapping[str, str], where: str) -> None:
+    """Refuse keyword arguments that were renamed, naming each one's replacement."""
+    old = [name for name in given if name in renames]
+    if old:
+        raise ArgumentError(f"{where}: " + "; ".join(f"{name} was renamed {renames[name]}" for name in old))
