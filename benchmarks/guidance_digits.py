@@ -16,8 +16,8 @@ FD(train, test). Scale 0 is the unconditional model, 1 the conditional one; larg
 diversity (FD) for fidelity (accuracy). The JSON is rewritten after every scale.
 
 Classifier guidance for comparison (unless --no-classifier): a time-dependent classifier
-p(y | x_t, t) (`guidance.NoisyClassifier` on a small conv net) is trained with the library's
-`Trainer` and `loss_fn=guidance.classifier_loss` on the noised train split (its own checkpoint
+p(y | x_t, t) (`classifier.NoisyClassifier` on a small conv net) is trained with the library's
+`Trainer` and `loss_fn=losses.classifier_loss` on the noised train split (its own checkpoint
 next to the model's), and guides the same network's unconditional half (the null label):
 score + scale * grad log p(y | x_t, t), with the same judge and metrics.
 
@@ -96,9 +96,9 @@ def train_noisy_classifier(args: argparse.Namespace, x: torch.Tensor, labels: to
     """p(y | x_t, t) trained with `Trainer(loss_fn=classifier_loss)`, continuing a checkpoint in
     ckpt_dir; and the step this run started from."""
     torch.manual_seed(args.seed + 2)
-    classifier = sd.guidance.NoisyClassifier(NoisyDigitNet(), sd.VPSDE())
+    classifier = sd.classifier.NoisyClassifier(NoisyDigitNet(), sd.VPSDE())
     common = dict(device=args.device, progress=args.progress, ckpt_dir=ckpt_dir, ckpt_every=args.ckpt_every,
-                  loss_fn=sd.guidance.classifier_loss)
+                  loss_fn=sd.losses.classifier_loss)
     ckpt = Path(ckpt_dir) / sd.training.CHECKPOINT_NAME
     if ckpt.is_file():
         print(f"resuming {ckpt}")

@@ -1,6 +1,6 @@
 """Log-likelihood error vs NFE of the probability-flow ODE on analytic mixtures (tolerance sweep).
 
-    python benchmarks/likelihood.py [--problems ring2d gmm16d] [--sdes vp edm] [--n 200]
+    python benchmarks/likelihood.py [--problems ring2d gmm16d] [--sdes vp edm] [--samples 200]
                                     [--ckpt PATH --digits-n 297] [--out benchmarks/results]
 
 For each problem, SDE and rtol = atol in 1e-2 .. 1e-7 (dopri5, float64, exact trace, plus the
@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 import scoresde as sd
-from scoresde.cli import make_sde
 from scoresde.data.problems import get_problem
 
 TOLERANCES = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
@@ -53,12 +52,8 @@ def measure(mix, sde, x, tol: float, trace: str = "exact", seed: int = 0) -> dic
 
 
 def digits_bpd(ckpt: str, n: int, seed: int, trace: str) -> dict:
-    from scoresde.training import _build_model, load_checkpoint
-
-    state = load_checkpoint(ckpt)
-    model = _build_model(state["config"]["model"])
-    model.load_state_dict(state["ema"])
-    model.to(torch.float64).eval()
+    state = sd.training.load_checkpoint(ckpt)  # for its step
+    model = sd.load_model(ckpt, "ema", dtype=torch.float64)
     x, _ = sd.data.load_digits("test", dtype=torch.float64)
     x = x[:n]
     start = time.perf_counter()
@@ -72,8 +67,8 @@ def digits_bpd(ckpt: str, n: int, seed: int, trace: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problems", nargs="+", default=["ring2d", "gmm16d"])
-    p.add_argument("--sdes", nargs="+", default=["vp", "edm"], choices=["vp", "cosine", "subvp", "ve", "edm"])
-    p.add_argument("--n", type=int, default=200, help="exact samples per problem")
+    p.add_argument("--sdes", nargs="+", default=["vp", "edm"], choices=list(sd.sde.SDES))
+    p.add_argument("--samples", "--n", dest="n", type=int, default=200, help="exact samples per problem")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt", default=None, help="digits Trainer checkpoint for bits/dim (optional)")
     p.add_argument("--digits-n", type=int, default=100, help="test images for bits/dim")
@@ -94,7 +89,7 @@ def main() -> None:
             mix = get_problem(name)
             x = mix.sample(args.n, torch.Generator().manual_seed(args.seed), dtype=torch.float64)
             for sde_name in args.sdes:
-                sde = make_sde(sde_name)
+                sde = sd.sde.by_name(sde_name)
                 records = [measure(mix, sde, x, tol) for tol in TOLERANCES]
                 records.append(measure(mix, sde, x, TOLERANCES[-1], trace="hutchinson", seed=args.seed))
                 results["problems"][f"{name}/{sde_name}"] = records

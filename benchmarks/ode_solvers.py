@@ -1,6 +1,6 @@
 """Terminal error vs NFE of every fixed-step ODE solver and schedule on analytic mixtures.
 
-    python benchmarks/ode_solvers.py [--sdes vp edm] [--n 1000] [--out benchmarks/results]
+    python benchmarks/ode_solvers.py [--sdes vp edm] [--samples 1000] [--out benchmarks/results]
 
 Writes ode_solvers.json (every cell), ode_solvers.png (log-log error vs NFE, best schedule per
 solver, one panel per problem) and prints a table at 5, 10, 20 and 50 NFE with the ranking at
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import scoresde as sd
-from scoresde.bench import ode_error_table, reference_solution
+from scoresde.bench import ode_error_table
 from scoresde.data.problems import get_problem
 
 NFES = [3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 70, 100]
@@ -28,8 +28,8 @@ SCHEDULES = ["uniform", "quadratic", "logsnr", "karras"]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problems", nargs="+", default=["ring2d", "gmm16d"])
-    p.add_argument("--sdes", nargs="+", default=["vp", "edm"], choices=["vp", "cosine", "subvp", "ve", "edm"])
-    p.add_argument("--n", type=int, default=1000, help="samples per cell")
+    p.add_argument("--sdes", nargs="+", default=["vp", "edm"], choices=list(sd.sde.SDES))
+    p.add_argument("--samples", "--n", dest="n", type=int, default=1000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/results")
@@ -42,20 +42,18 @@ def main() -> None:
         plot(results, out / "ode_solvers.png")
         return
 
-    from scoresde.cli import make_sde
-
-    solvers = [s for s in sd.solvers.available("ode") if sd.solvers.get(s).evals_per_step != "adaptive"]
+    solvers = [s for s in sd.solvers.available("ode") if not sd.solvers.get(s).adaptive]
     results = {"n": args.n, "seed": args.seed, "machine": platform.processor() or platform.machine(),
                "torch": torch.__version__, "problems": {}}
     start = time.time()
     for sde_name in args.sdes:
-        sde = make_sde(sde_name)
+        sde = sd.sde.by_name(sde_name)
         for name in args.problems:
             mix = get_problem(name)
             model = mix.score_model(sde)
             gen = torch.Generator(device=args.device).manual_seed(args.seed)
             x_T = sde.prior_sample((args.n, *mix.event_shape), gen, dtype=torch.float64, device=args.device)
-            ref = reference_solution(model, x_T)
+            ref = sd.solvers.reference_solve(model, x_T).x
             records = ode_error_table(model, x_T, solvers, SCHEDULES, NFES, reference=ref, progress=True)
             results["problems"][f"{name}/{sde_name}"] = records
     results["seconds"] = time.time() - start

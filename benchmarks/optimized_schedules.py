@@ -1,9 +1,9 @@
 """Optimized time grids against the best fixed schedule, on held-out noise.
 
     OMP_NUM_THREADS=1 python benchmarks/optimized_schedules.py \
-        [--digits-ckpt out/digits_quality/checkpoint.pt] [--out benchmarks/results]
+        [--ckpt out/digits_quality/checkpoint.pt] [--out benchmarks/results]
 
-For each problem, solver and NFE budget: `scoresde.schedules.optimize` tunes the grid on a
+For each problem, solver and NFE budget: `scoresde.tuning.optimize` tunes the grid on a
 calibration batch of prior noise (seed + 1), then the optimized grid and each fixed schedule
 (uniform, quadratic, logsnr, karras) sample a held-out batch (seed, as in the accuracy
 benchmark) and are scored by terminal RMSE against the problem's reference solve from the same
@@ -28,7 +28,8 @@ import torch
 
 import scoresde as sd
 from scoresde import schedules
-from scoresde.bench.accuracy import Problem, analytic_problem, digits_problem
+from scoresde.bench import Problem, analytic_problem, digits_problem
+from scoresde.tuning import optimize
 
 ANALYTIC = ["ring2d/vp", "ring2d/edm", "gmm16d/vp", "gmm16d/edm"]
 SOLVERS = ["ddim", "heun", "dpm++2m", "dpm++3m", "unipc", "ipndm", "deis"]
@@ -43,7 +44,8 @@ def main() -> None:
     p.add_argument("--nfes", nargs="+", type=int, default=NFES)
     p.add_argument("--calibration", type=int, default=256, help="calibration batch (analytic problems)")
     p.add_argument("--heldout", type=int, default=1000, help="held-out batch (analytic problems)")
-    p.add_argument("--digits-ckpt", default=None, help="a digits Trainer checkpoint: adds problem 'digits'")
+    p.add_argument("--ckpt", "--digits-ckpt", dest="ckpt", default=None,
+                   help="a digits Trainer checkpoint: adds problem 'digits'")
     p.add_argument("--digits-solvers", nargs="+", default=DIGITS_SOLVERS)
     p.add_argument("--digits-calibration", type=int, default=64)
     p.add_argument("--digits-heldout", type=int, default=200)
@@ -62,11 +64,11 @@ def main() -> None:
                                            torch=torch.__version__, threads=torch.get_num_threads()))
         results.setdefault("cells", [])
         runs = [(name, args.solvers, args.calibration, args.heldout, None) for name in args.problems]
-        if args.digits_ckpt:
+        if args.ckpt:
             runs.append(("digits", args.digits_solvers, args.digits_calibration, args.digits_heldout,
                          args.digits_max_evals))
         for name, solvers, calibration, heldout, max_evals in runs:
-            problem = digits_problem(args.digits_ckpt) if name == "digits" else analytic_problem(name)
+            problem = digits_problem(args.ckpt) if name == "digits" else analytic_problem(name)
             run_problem(problem, solvers, args.nfes, calibration, heldout, max_evals, args.knots, args.seed, results,
                         path)
     print(table(results))
@@ -79,8 +81,7 @@ def _noise_and_reference(problem: Problem, n: int, seed: int):
     sde = problem.model.sde
     dtype = problem.reference_dtype if problem.model is problem.reference_model else torch.float32
     x_T = sde.prior_sample((n, *problem.shape), torch.Generator().manual_seed(seed), dtype=dtype)
-    ref = sd.sample(problem.reference_model, x_T=x_T.to(problem.reference_dtype), solver="torchdiffeq",
-                    t_end=problem.t_end, **problem.reference_options)
+    ref = problem.reference(x_T)
     return x_T, ref.x.to(torch.float64), ref.nfe
 
 
@@ -99,19 +100,19 @@ def run_problem(problem: Problem, solvers, nfes, calibration, heldout, max_evals
 
     for solver, budget in todo:
         info = sd.solvers.get(solver)
+        if info.nfe(1) > budget:
+            continue  # not even one step fits
         steps = info.steps_for_nfe(budget)
-        if steps * int(info.evals_per_step) + info.extra_evals > budget:
-            continue
         start = time.perf_counter()
-        opt = schedules.optimize(model, sde, solver, budget, calibration=x_cal, reference=ref_cal,
-                                 t_end=problem.t_end, max_evals=max_evals, knots=knots)
+        opt = optimize(model, sde, solver, budget, x_T=x_cal, reference=ref_cal,
+                        t_end=problem.t_end, max_evals=max_evals, knots=knots)
         seconds = time.perf_counter() - start
         fixed = {name: rmse(solver, schedules.get_schedule(name, sde, steps, problem.t_end))
                  for name in schedules.SCHEDULES}
         best = min(fixed, key=fixed.get)
         optimized = rmse(solver, opt)
         cell = dict(problem=problem.name, solver=solver, nfe_budget=budget, steps=steps,
-                    nfe=steps * int(info.evals_per_step) + info.extra_evals, fixed=fixed, best_fixed=best,
+                    nfe=info.nfe(steps), fixed=fixed, best_fixed=best,
                     optimized=optimized, ratio=optimized / fixed[best], start=opt.start,
                     calibration_loss_start=opt.loss_start, calibration_loss=opt.loss, grids_tried=len(opt.loss_history),
                     cost_nfe=opt.cost_nfe + ref_cal_nfe, calibration=calibration, heldout=heldout,

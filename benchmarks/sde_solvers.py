@@ -1,7 +1,7 @@
 """Distributional error vs NFE of every reverse-SDE sampler, next to the two-sample floor, and
 the wall time per step of native Euler-Maruyama against torchsde's euler.
 
-    OMP_NUM_THREADS=1 python benchmarks/sde_solvers.py [--n 2000] [--out benchmarks/results]
+    OMP_NUM_THREADS=1 python benchmarks/sde_solvers.py [--samples 2000] [--out benchmarks/results]
 
 Writes sde_solvers_<problem>.json and prints a Markdown table (sliced W2 to exact samples under VP).
 """
@@ -25,7 +25,7 @@ OPTIONS = {"pc": dict(per_sample_step=False)}  # 2-D: see README on the per-samp
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problem", default="ring2d")
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--samples", "--n", dest="n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -40,14 +40,16 @@ def main() -> None:
         info = sd.solvers.get(solver)
         for budget in NFES:
             options = dict(OPTIONS.get(solver, {}))
-            if info.evals_per_step == "adaptive":  # tolerance sweep instead of steps
+            if info.adaptive:  # tolerance sweep instead of steps
                 options.update(rtol=0.5 / budget, atol=0.05 / budget)
                 steps = None
+            elif info.nfe(1, options) > budget:
+                continue  # not even one step fits
             else:
-                steps = info.steps_for_nfe(budget)
+                steps = info.steps_for_nfe(budget, options)
             out = sd.sample(model, shape=(args.n, *mix.event_shape), solver=solver, steps=steps, dtype=torch.float64,
                             generator=torch.Generator().manual_seed(args.seed), **options)
-            if info.evals_per_step != "adaptive" and out.nfe > budget:
+            if not info.adaptive and out.nfe > budget:
                 continue
             records.append(dict(solver=solver, budget=budget, nfe=out.nfe, seconds=out.seconds,
                                 sliced_w2=float(metrics.sliced_wasserstein(out.x, exact))))
@@ -55,7 +57,8 @@ def main() -> None:
     # wall time per step on the same problem: native Euler-Maruyama vs torchsde's euler
     timing = {}
     x_T = sde.prior_sample((args.n, *mix.event_shape), torch.Generator().manual_seed(0), dtype=torch.float32)
-    for solver in ("euler_maruyama", "torchsde"):
+    native = sd.solvers.get("euler-maruyama").name
+    for solver in (native, "torchsde"):
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
@@ -78,12 +81,12 @@ def main() -> None:
     print("|---|" + "---|" * len(NFES))
     for solver in dict.fromkeys(r["solver"] for r in records):
         cells = {r["budget"]: r for r in records if r["solver"] == solver}
-        row = " | ".join(f"{cells[b]['sliced_w2']:.4f}" + (f" ({cells[b]['nfe']})" if solver == "adaptive_sde" else "")
+        row = " | ".join(f"{cells[b]['sliced_w2']:.4f}" + (f" ({cells[b]['nfe']})" if sd.solvers.get(solver).adaptive else "")
                          if b in cells else "-" for b in NFES)
         print(f"| {solver} | {row} |")
     print(f"\nseconds per step (batch {args.n}, float32, 200 uniform steps, best of 3): "
           + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in timing.items()))
-    print(f"torchsde euler / native Euler-Maruyama: {timing['torchsde'] / timing['euler_maruyama']:.2f}x")
+    print(f"torchsde euler / native Euler-Maruyama: {timing['torchsde'] / timing[native]:.2f}x")
 
 
 if __name__ == "__main__":

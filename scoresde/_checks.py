@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "ArgumentError", "fail", "integer", "real", "choice", "boolean", "affine", "same_sde", "finite",
-    "renamed",
+    "time_range", "renamed",
 ]
 
 
@@ -118,3 +118,16 @@ def renamed(given: Mapping[str, Any], renames: Mapping[str, str], where: str) ->
     old = [name for name in given if name in renames]
     if old:
         raise ArgumentError(f"{where}: " + "; ".join(f"{name} was renamed {renames[name]}" for name in old))
+
+
+def time_range(t: torch.Tensor, lo: float, hi: float, what: str = "t") -> None:
+    """Refuse times outside [lo, hi]. Skipped for accelerator tensors so that sampling loops
+    never force a device sync; `scoresde.sample` checks its time grid up front instead."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return
+    t = t.detach()
+    if bool(torch.isnan(t).any()):
+        raise fail(what, f"times in [{lo:g}, {hi:g}]", "a tensor with NaN")
+    t_min, t_max = float(t.min()), float(t.max())
+    if t_min < lo or t_max > hi:
+        raise fail(what, f"times in [{lo:g}, {hi:g}]", f"values in [{t_min:g}, {t_max:g}]")

@@ -1,8 +1,16 @@
-"""The `scoresde` command line: `scoresde sample`, `scoresde sdes`, `scoresde nll`, `scoresde bench`,
-`scoresde schedule optimize`."""
+"""The `scoresde` command line (also `python -m scoresde`): `scoresde sample`, `scoresde sdes`,
+`scoresde nll`, `scoresde bench`, `scoresde schedule optimize`.
+
+Flags mean one thing in every subcommand: `--samples` (alias `--n`, except under `bench`,
+where torchrun's own `--nnodes`/`--nproc-per-node` make that prefix ambiguous) is the sample
+count, `--ckpt` a Trainer checkpoint, `--steps` solver steps, `--nfe` NFE budgets, and
+`--dtype` defaults to float32 everywhere (`nll` too: its ODE log-likelihood in float32 agrees
+with float64 well within its own confidence interval, down to rtol = atol = 1e-8).
+"""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -10,23 +18,41 @@ from typing import List, Optional
 
 import torch
 
-from . import sde as sdes
+from . import _checks
+from .sde import SDES, by_name
 
-__all__ = ["main", "make_sde", "SDE_NAMES"]
+__all__ = ["main", "build_parser"]
 
-SDE_NAMES = {"vp": sdes.VPSDE, "cosine": sdes.CosineVPSDE, "subvp": sdes.SubVPSDE, "ve": sdes.VESDE, "edm": sdes.EDMSDE}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def make_sde(name: str) -> sdes.AffineSDE:
-    if name not in SDE_NAMES:
-        raise SystemExit(f"--sde {name!r} is not valid; choose one of: {', '.join(SDE_NAMES)}")
-    return SDE_NAMES[name]()
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where it is None or False (the help says what then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _int(parser: argparse.ArgumentParser, *flags: str, low: Optional[int] = 1, **kwargs) -> None:
+    """An integer flag, checked by `_checks.integer` (>= low) once parsed, as the library checks
+    its arguments: one line naming it (`rows must be an integer >= 1; got 0`), no traceback."""
+    action = parser.add_argument(*flags, type=int, **kwargs)
+    parser.set_defaults(_ints=(*(parser.get_default("_ints") or ()), (action.dest, low)))
+
+
+def _check_ints(args: argparse.Namespace) -> None:
+    for dest, low in getattr(args, "_ints", ()):
+        value = getattr(args, dest)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None:
+                _checks.integer(dest, v, low=low)
 
 
 def _cmd_sdes(args: argparse.Namespace) -> None:
-    for name in args.sde or list(SDE_NAMES):
-        sde = make_sde(name)
+    for name in args.sde or list(SDES):
+        sde = by_name(name)
         print(f"{name}: {sde!r}  T={sde.T:g}  t_eps={sde.t_eps:g}  prior_std={sde.prior_std:g}")
         print(f"  {'t':>10} {'alpha':>10} {'sigma':>10} {'log_snr':>10} {'f':>10} {'g2':>10}")
         grid = torch.linspace(sde.t_eps, sde.T, args.rows, dtype=torch.float64)
@@ -35,33 +61,57 @@ def _cmd_sdes(args: argparse.Namespace) -> None:
             print("  " + " ".join(f"{float(v):10.4g}" for v in row))
 
 
+def _solver_options(text: Optional[str]) -> dict:
+    """`--options` JSON: an object of solver options, none of them an argument of `sample()`
+    itself (those have their own flags, or none on purpose)."""
+    from .solvers import sample
+
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError:
+        raise _checks.fail("--options", "a JSON object of solver options", text) from None
+    if not isinstance(options, dict):
+        raise _checks.fail("--options", "a JSON object of solver options", text)
+    params = inspect.signature(sample).parameters
+    own = [k for k in options if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD]
+    if own:
+        raise _checks.fail("--options", f"solver options, not arguments of sample() itself ({', '.join(own)})", text)
+    return options
+
+
 def _cmd_sample(args: argparse.Namespace) -> None:
     from . import metrics
     from .data.problems import get_problem
-    from .solvers import DEFAULT_SOLVER, sample
+    from .solvers import DEFAULT_SOLVER, DEFAULT_STEPS, sample
 
     dtype = DTYPES[args.dtype]
-    sde = make_sde(args.sde)
+    sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
-    options = json.loads(args.options) if args.options else {}
-    schedule = args.schedule
+    options = _solver_options(args.options)
+    schedule, steps = args.schedule, args.steps
     if args.schedule_file is not None:
-        from .schedules import OptimizedSchedule
+        from .tuning import OptimizedSchedule
 
         schedule = OptimizedSchedule.load(args.schedule_file)
-        args.solver, args.steps = args.solver or schedule.solver, schedule.steps
+        args.solver = args.solver or schedule.solver
+        args.steps = schedule.steps if steps is None else steps  # an explicit --steps goes to sample()
+    else:
+        steps = args.steps = DEFAULT_STEPS if steps is None else steps
     args.solver = args.solver or DEFAULT_SOLVER
+    n = args.samples
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    out = sample(model, shape=(args.n, *truth.event_shape), solver=args.solver, steps=args.steps,
+    out = sample(model, shape=(n, *truth.event_shape), solver=args.solver, steps=steps,
                  schedule=schedule, denoise=args.denoise, generator=gen, dtype=dtype, device=args.device,
                  progress=args.progress, **options)
-    exact = truth.sample(args.n, torch.Generator(device=args.device).manual_seed(args.seed + 1),
+    exact = truth.sample(n, torch.Generator(device=args.device).manual_seed(args.seed + 1),
                          dtype=torch.float64, device=args.device)
     sw = float(metrics.sliced_wasserstein(out.x.double(), exact))
     floor = metrics.two_sample_floor(metrics.sliced_wasserstein,
-                                     lambda n, g: truth.sample(n, g, dtype=torch.float64, device=args.device),
-                                     args.n, repeats=5, generator=torch.Generator(device=args.device).manual_seed(args.seed + 2))
+                                     lambda k, g: truth.sample(k, g, dtype=torch.float64, device=args.device),
+                                     n, repeats=5, generator=torch.Generator(device=args.device).manual_seed(args.seed + 2))
     schedule_name = args.schedule_file or args.schedule or "default"
     print(f"{args.problem} | {args.sde} | {args.solver} | steps={args.steps} schedule={schedule_name}: "
           f"nfe={out.nfe}, {out.seconds:.3f} s, sliced W2 to exact samples {sw:.4f} "
@@ -69,7 +119,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{args.problem}_{args.sde}_{args.solver}_{args.steps}"
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
     torch.save({"x": out.x.cpu(), "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
     _plot(out.x.double().cpu(), exact.cpu(), folder / f"{stem}.png", f"{args.solver}, {out.nfe} NFE, {args.sde}")
     print(f"wrote {folder / (stem + '.pt')} and {folder / (stem + '.png')}")
@@ -87,17 +137,15 @@ def _cmd_nll(args: argparse.Namespace) -> None:
     options = dict(trace=args.trace, probes=args.probes, method=args.method, rtol=args.rtol, atol=args.atol)
     if args.ckpt is not None:
         from .data.digits import load_digits
-        from .training import _build_model, load_checkpoint
+        from .training import load_checkpoint, load_model
 
         try:
-            state = load_checkpoint(args.ckpt)
+            state = load_checkpoint(args.ckpt)  # for its step
         except FileNotFoundError as err:
             raise ValueError(str(err)) from err
-        model = _build_model(state["config"]["model"])
-        model.load_state_dict(state[args.weights])
-        model.to(device=args.device, dtype=dtype).eval()
+        model = load_model(args.ckpt, args.weights, device=args.device, dtype=dtype)
         x, _ = load_digits(args.split, dtype=dtype, device=args.device)
-        x = x[: args.n]
+        x = x[: args.samples]
         # digits: grey levels 0..16 scaled by k/8 - 1, so 17 levels (bins of width 1/8)
         out = bits_per_dim(model, x, levels=17, draws=args.draws, generator=gen, dtype=dtype, **options)
         print(f"digits ({args.split}, n={x.shape[0]}) | {args.ckpt} ({args.weights} weights, step {int(state['step'])}) | "
@@ -106,71 +154,58 @@ def _cmd_nll(args: argparse.Namespace) -> None:
         return
     from .data.problems import get_problem
 
-    sde = make_sde(args.sde)
+    n = args.samples
+    sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde)
-    x = truth.sample(args.n, gen, dtype=dtype, device=args.device)
+    x = truth.sample(n, gen, dtype=dtype, device=args.device)
     res = log_likelihood(model, x, generator=gen, **options)
     exact = truth.log_prob_t(x, sde.t_eps, sde)
     diff = (res.logp - exact).double()
-    half = 1.96 * float(diff.std()) / math.sqrt(args.n) if args.n > 1 else 0.0
-    print(f"{args.problem} | {args.sde} | n={args.n} trace={args.trace} rtol={args.rtol:g} atol={args.atol:g}: "
+    half = 1.96 * float(diff.std()) / math.sqrt(n) if n > 1 else 0.0
+    print(f"{args.problem} | {args.sde} | n={n} trace={args.trace} rtol={args.rtol:g} atol={args.atol:g}: "
           f"nll exact {float(-exact.mean()):.5f}, ODE {float(-res.logp.mean()):.5f} nats "
           f"(difference {float(-diff.mean()):+.2e} +- {half:.1e}, max |diff| {float(diff.abs().max()):.2e}; "
-          f"of log p_{{t_eps}} with t_eps={sde.t_eps:g}), {res.nfe} NFE")
+          f"of log p_{{t_end}} with t_end={res.t_end:g}), {res.nfe} NFE")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    """Accuracy against NFE (scoresde.bench.accuracy); under torchrun the batch is sharded."""
-    import os
+    """Accuracy against NFE (scoresde.bench); under torchrun the batch is sharded."""
+    from . import bench
+    from ._dist import torchrun_group
 
-    from .bench import accuracy
-
-    dist = torch.distributed
-    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    if started:
-        if torch.device(args.device).type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            args.device = f"cuda:{torch.cuda.current_device()}"
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    try:
-        _bench(args, accuracy)
-    finally:
-        if started:  # a live gloo group at interpreter exit aborts the process
-            dist.destroy_process_group()
-
-
-def _bench(args: argparse.Namespace, accuracy) -> None:
-    quick = accuracy.QUICK if args.quick else {}
+    quick = bench.QUICK if args.quick else {}
     if quick and not args.problems:
         names = list(quick["problems"])
     else:
         names = [p if "/" in p or p == "digits" else f"{p}/{s}"
-                 for p in args.problems or accuracy.ANALYTIC for s in args.sdes or accuracy.BENCH_SDES]
-    if args.digits_ckpt and not args.problems:
+                 for p in args.problems or bench.ANALYTIC for s in args.sdes or bench.BENCH_SDES]
+    if args.ckpt and not args.problems:
         names.append("digits")
-    results = accuracy.run_benchmark(
-        problems=list(dict.fromkeys(names)), solvers=args.solvers or quick.get("solvers"), nfes=args.nfe or quick.get("nfes", accuracy.DEFAULT_NFES),
-        metrics=args.metrics or accuracy.METRICS, n=args.samples or quick.get("n", 1000), seed=args.seed, device=args.device,
-        dtype=DTYPES[args.dtype], schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4),
-        out=args.out, resume=args.resume, progress=not args.no_progress, digits_checkpoint=args.digits_ckpt,
-        optimize=args.optimize, calibration=args.calibration,
-    )
+    with torchrun_group(args.device) as device:
+        results = bench.run_benchmark(
+            problems=list(dict.fromkeys(names)), solvers=args.solvers or quick.get("solvers"),
+            nfes=args.nfe or quick.get("nfes", bench.DEFAULT_NFES), metrics=args.metrics or bench.METRICS,
+            n=args.samples or quick.get("n", 1000), seed=args.seed, device=device, dtype=DTYPES[args.dtype],
+            schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4), out=args.out,
+            resume=args.resume, progress=not args.no_progress, digits_checkpoint=args.ckpt,
+            optimize=args.optimize, calibration=args.calibration,
+        )
     if results is not None:
-        print(accuracy.markdown(results))
+        print(bench.markdown(results))
         print(f"wrote {Path(args.out) / 'accuracy_vs_nfe'}.{{json,csv,md,png}} in {results['seconds']:.0f} s")
 
 
 def _cmd_schedule(args: argparse.Namespace) -> None:
-    """Tune a time grid to an analytic problem, solver and NFE budget (scoresde.schedules.optimize)."""
+    """Tune a time grid to an analytic problem, solver and NFE budget (scoresde.tuning.optimize)."""
     from .data.problems import get_problem
-    from .schedules import optimize
+    from .tuning import optimize
 
-    sde = make_sde(args.sde)
+    sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    result = optimize(model, sde, args.solver, args.nfe, calibration=args.calibration, shape=truth.event_shape,
+    result = optimize(model, sde, args.solver, args.nfe, shape=(args.calibration, *truth.event_shape),
                       generator=gen, max_evals=args.max_evals, device=args.device)
     result.save(args.out)
     print(f"{args.problem} | {args.sde} | {args.solver} | nfe={args.nfe} ({result.steps} steps): calibration RMSE "
@@ -204,95 +239,105 @@ def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import ANALYTIC, BENCH_SDES, DEFAULT_NFES, METRICS
     from .data.problems import PROBLEMS
     from .model import PREDICTIONS
     from .schedules import SCHEDULES
     from .solvers import DEFAULT_SOLVER, DEFAULT_STEPS, available
 
-    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sample", help="sample an analytic problem with any solver; save .pt and a PNG")
-    p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS))
-    p.add_argument("--sde", default="vp", choices=list(SDE_NAMES))
+    def command(name: str, help: str, parent=sub) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+    p = command("sample", "sample an analytic problem with any solver; save .pt and a PNG")
+    p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (exact samples)")
+    p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
     p.add_argument("--prediction", default="eps", choices=list(PREDICTIONS), help="parameterization of the oracle")
     p.add_argument("--solver", default=None, choices=available(),
                    help=f"default: the --schedule-file's solver, else {DEFAULT_SOLVER}")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the SDE's default")
+    _int(p, "--steps", default=None, help=f"solver steps (default: the --schedule-file's, else {DEFAULT_STEPS})")
+    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
     p.add_argument("--schedule-file", default=None,
                    help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
-    p.add_argument("--options", default=None, help='solver options as JSON, e.g. \'{"order": 3}\'')
+    p.add_argument("--options", default=None,
+                   help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
     p.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step (+1 NFE)")
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--out", default="out")
+    _int(p, "--samples", "--n", dest="samples", default=2000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--out", default="out", help="folder for the .pt and .png")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("sdes", help="print alpha, sigma, log-SNR, f and g^2 of each forward SDE")
-    p.add_argument("--sde", action="append", choices=list(SDE_NAMES), help="repeatable; default all")
-    p.add_argument("--rows", type=int, default=6)
+    p = command("sdes", "print alpha, sigma, log-SNR, f and g^2 of each forward SDE")
+    p.add_argument("--sde", action="append", choices=list(SDES), help="repeatable; default all")
+    _int(p, "--rows", default=6, help="times per SDE, from t_eps to T")
     p.set_defaults(func=_cmd_sdes)
 
-    p = sub.add_parser("nll", help="negative log-likelihood through the probability-flow ODE (bits/dim or nats)")
+    p = command("nll", "negative log-likelihood through the probability-flow ODE (bits/dim or nats)")
     p.add_argument("--ckpt", default=None, help="a Trainer checkpoint: report bits/dim on --data")
-    p.add_argument("--data", default="digits", choices=["digits"])
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
-    p.add_argument("--weights", default="ema", choices=["ema", "model"])
-    p.add_argument("--draws", type=int, default=1, help="dequantization draws per image")
+    p.add_argument("--data", default="digits", choices=["digits"], help="data set of the --ckpt model")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="split of --data")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"],
+                   help="ema: the moving average of the weights; raw: the optimized weights (model: old name of raw)")
+    _int(p, "--draws", default=1, help="dequantization draws per image")
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (without --ckpt)")
-    p.add_argument("--sde", default="vp", choices=list(SDE_NAMES))
-    p.add_argument("--n", type=int, default=200)
-    p.add_argument("--trace", default="exact", choices=["exact", "hutchinson"])
-    p.add_argument("--probes", type=int, default=1)
-    p.add_argument("--method", default="dopri5")
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE (without --ckpt)")
+    _int(p, "--samples", "--n", dest="samples", default=200,
+         help="exact samples of --problem, or the first images of --split with --ckpt")
+    p.add_argument("--trace", default="exact", choices=["exact", "hutchinson"], help="divergence of the ODE drift")
+    _int(p, "--probes", default=1, help="Hutchinson probes")
+    p.add_argument("--method", default="dopri5", help="torchdiffeq method")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of the ODE solve")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the ODE solve")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the model, data and ODE solve")
     p.set_defaults(func=_cmd_nll)
 
-    p = sub.add_parser("bench", help="accuracy against NFE of any solvers on problems with exact answers")
-    p.add_argument("--quick", action="store_true", help="two problems, 11 solvers, NFE 5-50, n=1000 (about a minute)")
+    p = command("bench", "accuracy against NFE of any solvers on problems with exact answers")
+    p.add_argument("--quick", action="store_true", help="two problems, 11 solvers, NFE 5-50, 1000 samples (about a minute)")
     p.add_argument("--problems", nargs="+", default=None,
-                   help="mixtures (ring2d gmm16d gmm64d bimodal1d, each under every --sdes), 'ring2d/vp'-style pairs, "
-                        "or digits (with --digits-ckpt); default: the four mixtures")
-    p.add_argument("--sdes", nargs="+", default=None, choices=["vp", "ve", "edm"], help="default: vp ve edm")
-    p.add_argument("--solvers", nargs="+", default=None, help="registry names; default: all")
-    p.add_argument("--nfe", nargs="+", type=int, default=None, help="NFE budgets; default 3 4 5 6 8 10 12 15 20 30 50 70 100")
-    p.add_argument("--metrics", nargs="+", default=None, help="rmse sliced_w2 mmd nll_gap (default: all)")
-    # not --n: under torchrun that prefix is ambiguous with torchrun's own --nnodes/--nproc-per-node
-    p.add_argument("--samples", type=int, default=None, help="samples per cell (default 1000)")
-    p.add_argument("--tolerances", type=int, default=None, help="entries of each adaptive solver's tolerance sweep")
+                   help=f"mixtures ({' '.join(ANALYTIC)}, each under every --sdes), 'ring2d/vp'-style pairs, "
+                        "or digits (with --ckpt); default: the four mixtures")
+    p.add_argument("--sdes", nargs="+", default=None, choices=list(BENCH_SDES), help=f"default: {' '.join(BENCH_SDES)}")
+    p.add_argument("--solvers", nargs="+", default=None, help="registry names; default: all (--quick: 11)")
+    _int(p, "--nfe", nargs="+", default=None,
+         help=f"NFE budgets; default {' '.join(map(str, DEFAULT_NFES))} (--quick: 5 10 20 50)")
+    p.add_argument("--metrics", nargs="+", default=None, help=f"a subset of {' '.join(METRICS)}; default: all")
+    # no --n alias: under torchrun that prefix is ambiguous with torchrun's own --nnodes/--nproc-per-node
+    _int(p, "--samples", low=2, default=None, help="samples per cell (default 1000)")
+    _int(p, "--tolerances", low=0, default=None,
+         help="entries of each adaptive solver's tolerance sweep (default 4; --quick: 2)")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: each solver's own")
-    p.add_argument("--digits-ckpt", default=None, help="a Trainer checkpoint of a digits model (adds problem 'digits')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--out", default="out/bench")
+    p.add_argument("--ckpt", "--digits-ckpt", dest="ckpt", default=None,
+                   help="a Trainer checkpoint of a digits model (adds problem 'digits')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1" + " (under torchrun: each rank's own GPU)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
+    p.add_argument("--out", default="out/bench", help="folder for accuracy_vs_nfe.{json,csv,md,png}")
     p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
     p.add_argument("--optimize", action="store_true",
-                   help="add an optimized-schedule row per fixed-step ODE solver (scoresde.schedules.optimize)")
-    p.add_argument("--calibration", type=int, default=256, help="calibration batch of --optimize (held-out noise)")
-    p.add_argument("--no-progress", action="store_true")
+                   help="add an optimized-schedule row per fixed-step ODE solver (scoresde.tuning.optimize)")
+    _int(p, "--calibration", default=256, help="calibration batch of --optimize (held-out noise)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("schedule", help="time grids tuned to a problem, solver and NFE budget")
+    p = command("schedule", "time grids tuned to a problem, solver and NFE budget")
     schedule_sub = p.add_subparsers(dest="action", required=True)
-    p = schedule_sub.add_parser("optimize", help="minimize the terminal error against a tight reference solve")
-    p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS))
-    p.add_argument("--sde", default="vp", choices=list(SDE_NAMES))
-    p.add_argument("--solver", default="dpm++2m", choices=available("ode"))
-    p.add_argument("--nfe", type=int, default=10, help="NFE budget")
-    p.add_argument("--calibration", type=int, default=256, help="calibration batch size (prior noise from --seed)")
-    p.add_argument("--max-evals", type=int, default=None, help="grids the search may try (default 30 per free time)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="schedule.json")
+    p = command("optimize", "minimize the terminal error against a tight reference solve", schedule_sub)
+    p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem")
+    p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
+    p.add_argument("--solver", default="dpm++2m", choices=available("ode"), help="fixed-step ODE solver")
+    _int(p, "--nfe", default=10, help="NFE budget")
+    _int(p, "--calibration", default=256, help="calibration batch size (prior noise from --seed)")
+    _int(p, "--max-evals", default=None, help="grids the search may try (default 30 per free time)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
+    p.add_argument("--out", default="schedule.json", help="the JSON file to write")
     p.set_defaults(func=_cmd_schedule)
     return parser
 
@@ -300,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_ints(args)
         args.func(args)
-    except ValueError as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
         print(f"scoresde: error: {err}", file=sys.stderr)
         return 2
     return 0

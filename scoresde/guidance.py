@@ -1,4 +1,4 @@
-"""Conditional generation: classifier-free guidance, classifier guidance and inpainting.
+"""Guided models: classifier-free guidance and classifier guidance.
 
 Guided models are `ScoreModel`s, so every ODE and SDE sampler runs them unchanged.
 
@@ -28,21 +28,7 @@ wrapped model (whose own `nfe` also rises by 1):
 - `Classifier`: one call of the score network on B rows, plus one classifier forward and
   backward pass on B rows, counted apart in `classifier_evals` (it is not a score network).
 
-Inpainting / imputation (Song et al. 2021, Appendix I.2, the "replacement" method): after every
-solver step, now at time t, the known coordinates of the state are replaced by a fresh forward-
-noised copy alpha(t) y + sigma(t) z of the known values y; at the end they are set to y itself
-(noise-free), while SDE samplers also return their noise-free mean. `scoresde.sample(...,
-inpaint=(known, mask))` does this through one per-step hook of the solver loop, for every
-fixed-step ODE and SDE solver. Limits: the replacement makes the unknown coordinates follow
-p_t(x_unknown | noisy known) step by step, which is not the exact conditional p(x_unknown | y)
-in general: an early decision of the unknown part that the known part contradicts is never
-undone. Measured against the exact conditional of a 3-D two-component mixture, 1000 samples,
-sliced W2 (`tests/test_guidance.py`): where the known value settles the component, PC with
-Langevin correctors (200 steps, corrector_steps=2, per_sample_step=False) is within the
-two-sample floor (0.038 vs 0.033 +- 0.007), but ancestral (0.10) and the ODE (ddim 100 steps,
-0.15) are not, nor PC with per-sample Langevin step sizes (0.40: rare huge steps in low
-dimension); where the known value leaves the component ambiguous, even PC gets the mode
-weights wrong (0.32 vs 0.053 +- 0.021).
+Inpainting is a state hook of the solver loop: `scoresde.solvers.hooks.Inpainting`.
 """
 from __future__ import annotations
 
@@ -50,12 +36,10 @@ import math
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from .model import ScoreModel
-from .sde import AffineSDE
 
-__all__ = ["ClassifierFree", "Classifier", "NoisyClassifier", "classifier_loss", "Inpainting"]
+__all__ = ["ClassifierFree", "Classifier"]
 
 
 def _check_scale(scale: float) -> float:
@@ -161,7 +145,7 @@ class Classifier(_Guided):
     Args:
         model: the (unconditional) ScoreModel.
         classifier: (x (B, *shape), t (B,) model time) -> logits (B, K) of p(y | x_t, t), e.g. a
-            trained `NoisyClassifier`, or an exact posterior's log-probabilities.
+            trained `classifier.NoisyClassifier`, or an exact posterior's log-probabilities.
         y: target labels (B,) in [0, K).
         scale: guidance scale >= 0 (0: the model itself; 1: the exact conditional score when
             the classifier is the exact posterior).
@@ -220,79 +204,3 @@ class Classifier(_Guided):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
-
-
-class NoisyClassifier(ScoreModel):
-    """A time-dependent classifier p(y | x_t, t): `net(x_in, t_in)` -> logits (B, K).
-
-    A ScoreModel only to share what training needs: the SDE, the network's time input, NFE
-    counting and the `Trainer` (EMA, checkpoints, resumption). Train it with
-    `Trainer(NoisyClassifier(net, sde), (x, labels), loss_fn=classifier_loss)`; the network
-    must have `num_classes` (K). It serves logits, not a score: `eps`, `x0` and `score` raise.
-    """
-
-    def __init__(self, net: Callable[..., torch.Tensor], sde: AffineSDE, time_input="t"):
-        super().__init__(net, sde, prediction="eps", time_input=time_input)
-
-    def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
-        """Logits (B, K) at (x, t)."""
-        t = self._batch_time(x, t)
-        logits = self.net(x, self.network_time(t).to(x.dtype), **cond)
-        self.nfe += 1
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"the classifier network must return logits (B, K) = ({x.shape[0]}, K); got {tuple(logits.shape)}")
-        return logits
-
-    def to_eps_x0(self, out, x, t):
-        raise TypeError("a NoisyClassifier serves class logits, not a score; guide a score model with guidance.Classifier")
-
-
-def classifier_loss(model: NoisyClassifier, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                    y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of p(y | x_t, t) at x_t = alpha(t) x0 + sigma(t) noise, mean over the batch:
-    the `loss_fn` that trains a `NoisyClassifier` with `Trainer`. x0, noise (B, *shape); t, y (B,)."""
-    logits = model(model.sde.marginal(x0, t, noise), t)
-    return nn.functional.cross_entropy(logits, y)
-
-
-class Inpainting:
-    """The replacement method (Song et al. 2021, Appendix I.2) as a per-step hook of the solver
-    loop; build it through `scoresde.sample(..., inpaint=(known, mask))`.
-
-    Args:
-        sde: an affine SDE (its forward marginal noises the known values).
-        known: (B, *shape) values of the known coordinates (anything where mask is False).
-        mask: bool, (B, *shape) or (*shape), True where the value is known.
-        generator: source of the forward noise (fresh at every step).
-    """
-
-    def __init__(self, sde: AffineSDE, known: torch.Tensor, mask: torch.Tensor,
-                 generator: Optional[torch.Generator] = None):
-        if not sde.is_affine:
-            raise ValueError(f"inpainting needs an affine SDE (its forward marginal); {type(sde).__name__} is not")
-        if not isinstance(known, torch.Tensor) or not known.is_floating_point() or known.ndim < 2:
-            raise ValueError(f"known must be a float tensor (B, *shape); got {getattr(known, 'dtype', type(known))}")
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor (True = known) of shape (B, *shape) or (*shape); "
-                             f"got {getattr(mask, 'dtype', type(mask).__name__)}")
-        if tuple(mask.shape) not in (tuple(known.shape), tuple(known.shape[1:])):
-            raise ValueError(f"mask must have shape (B, *shape) = {tuple(known.shape)} or (*shape) = "
-                             f"{tuple(known.shape[1:])}; got {tuple(mask.shape)}")
-        if not bool(torch.isfinite(torch.where(mask, known, 0)).all()):
-            raise ValueError("known contains non-finite values where mask is True")
-        self.sde, self.generator = sde, generator
-        self.known, self.mask = known, mask.expand(known.shape)
-
-    def check_state(self, x: torch.Tensor) -> None:
-        if x.shape != self.known.shape:
-            raise ValueError(f"known and mask are for shape {tuple(self.known.shape)}; the samples have shape {tuple(x.shape)}")
-
-    def __call__(self, x: torch.Tensor, t: float, last: bool = False) -> torch.Tensor:
-        """x with its known part replaced: by alpha(t) y + sigma(t) z, or by y when `last`."""
-        known = self.known.to(dtype=x.dtype, device=x.device)
-        mask = self.mask.to(x.device)
-        if not last:
-            noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
-                                device=self.generator.device if self.generator is not None else x.device).to(x.device)
-            known = self.sde.marginal(known, t, noise)
-        return torch.where(mask, known, x)

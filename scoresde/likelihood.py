@@ -1,61 +1,57 @@
-"""Exact log-likelihood through the probability-flow ODE (Song et al., ICLR 2021, eq. 39; the
+"""Log-likelihood through the probability-flow ODE (Song et al., ICLR 2021, eq. 39; the
 instantaneous change of variables of Chen et al., NeurIPS 2018).
 
-Along the ODE dx/dt = v(x, t) = f x - g^2 score / 2 the log-density obeys
-d log p_t(x_t) / dt = -div v(x_t, t). Integrating x and the divergence together from t_eps up to T,
-
-    log p_{t_eps}(x) = log p_T(z) + int_{t_eps}^T div v(x_t, t) dt,   z = x_T,
-
-with p_T replaced by the prior. What is computed is therefore the density of the *model's
-marginal at t_eps* (the data slightly noised, never the t = 0 density, which the ODE cannot
-reach), up to the prior mismatch at T; the analytic mixture's counterpart is
-`GaussianMixture.log_prob_t(x, t_eps, sde)`.
-
-The divergence is exact (one vector-Jacobian product per dimension, on the whole batch, from a
-single network evaluation: low dimension only) or the Hutchinson-Skilling estimate
-E[eps^T (dv/dx) eps] with probes eps drawn once and kept fixed over the whole integration, so the
-integral estimate is unbiased too. Samples of a batch must not interact inside the network
-(no batch-norm in training mode), since one backward pass serves the whole batch.
-
-`bits_per_dim` turns log-densities of dequantized discrete data into a bound on bits per
-dimension; `encode` runs the same ODE without the trace (data to latent) and `round_trip_error`
-decodes with `scoresde.sample(..., solver="torchdiffeq")`.
+`log_likelihood` integrates x and the divergence of the ODE's velocity v together from t_end up
+to T, log p_{t_end}(x) = log p_T(z) + int_{t_end}^T div v(x_t, t) dt with z = x_T and p_T taken
+as the prior: the density of the model's marginal at t_end (the data slightly noised; the ODE
+never reaches t = 0). The trace is exact (low dimension) or a Hutchinson-Skilling estimate.
+`bits_per_dim` bounds the bits per dimension of discrete data by uniform dequantization;
+`encode` and `decode` carry data to latents and back along the same ODE.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ._utils import check_choice, check_finite
+from . import _checks
 from .model import ScoreModel
 from .sde import SDE
 from .solvers import sample
-from .solvers.backends import TORCHDIFFEQ_ADAPTIVE
+from .solvers.backends import TORCHDIFFEQ_ADAPTIVE, odeint_in_range
 
 __all__ = [
     "LikelihoodResult", "BitsPerDim", "log_likelihood", "divergence", "encode", "decode",
-    "round_trip_error", "bits_per_dim", "TRACES", "NOISES",
+    "round_trip_error", "bits_per_dim", "TRACES", "PROBE_DISTRIBUTIONS",
 ]
 
 TRACES = ("exact", "hutchinson")
-NOISES = ("rademacher", "gaussian")
+#: distributions of the Hutchinson probes eps (both have E[eps eps^T] = I)
+PROBE_DISTRIBUTIONS = ("rademacher", "gaussian")
+#: keywords renamed here: the end time is `t_end` as in `sample` (the SDE keeps `t_eps` as its
+#: default), and the probes' distribution is no longer called `noise`
+_RENAMED = {"t_eps": "t_end", "noise": "probe_distribution"}
 
 
 @dataclass
 class LikelihoodResult:
-    """logp: log p_{t_eps}(x) in nats, (B,); z: the latent x_T, shaped like x; nfe: network
+    """logp: log p_{t_end}(x) in nats, (B,); z: the latent x_T, shaped like x; nfe: network
     evaluations counted by the model; prior_logp: log prior(z), (B,); delta_logp: the integral
-    of div v from t_eps to T, (B,), so that logp = prior_logp + delta_logp; t_eps: start time."""
+    of div v from t_end to T, (B,), so that logp = prior_logp + delta_logp; t_end: the time
+    the integral starts from, in the SDE's units."""
 
     logp: torch.Tensor
     z: torch.Tensor
     nfe: int
     prior_logp: torch.Tensor
     delta_logp: torch.Tensor
-    t_eps: float
+    t_end: float
+
+    @property
+    def t_eps(self):
+        raise AttributeError("LikelihoodResult.t_eps was renamed t_end")
 
 
 @dataclass
@@ -79,23 +75,38 @@ class BitsPerDim:
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def _resolve(model: ScoreModel, sde: Optional[SDE], x: torch.Tensor, t_eps: Optional[float],
+def _no_renamed(where: str, given: Dict[str, object], names: Sequence[str]) -> None:
+    """Refuse the old keywords `names` (naming each one's replacement) and any other unknown one."""
+    _checks.renamed(given, {name: _RENAMED[name] for name in names}, where)
+    if given:
+        raise TypeError(f"{where}() got an unexpected keyword argument {next(iter(given))!r}")
+
+
+def _data(name: str, x, floating: bool = True) -> None:
+    """Refuse anything but a finite (floating-point) tensor of shape (B, *data_shape)."""
+    if not isinstance(x, torch.Tensor) or (floating and not x.is_floating_point()) or x.ndim < 2:
+        given = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        kind = "a floating-point tensor" if floating else "a tensor"
+        raise _checks.ArgumentError(f"{name} must be {kind} of shape (B, *data_shape); got {given}")
+    if x.is_floating_point():
+        _checks.finite(name, x)
+
+
+def _resolve(model: ScoreModel, sde: Optional[SDE], x: torch.Tensor, t_end: Optional[float],
              method: str, rtol: float, atol: float) -> Tuple[SDE, float]:
     if sde is None:
         sde = model.sde
-    elif sde is not model.sde and repr(sde) != repr(model.sde):
-        raise ValueError(f"sde {sde!r} differs from the model's sde {model.sde!r}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError("x must be a floating-point tensor of shape (B, *data_shape)")
-    check_finite("x", x)
-    t_eps = sde.t_eps if t_eps is None else t_eps
-    if not isinstance(t_eps, (int, float)) or not math.isfinite(t_eps) or not 0 < t_eps < sde.T:
-        raise ValueError(f"t_eps must be a number in (0, T={sde.T:g}); got {t_eps!r}")
-    check_choice("method", method, TORCHDIFFEQ_ADAPTIVE)
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0; got {value!r}")
-    return sde, float(t_eps)
+    else:
+        _checks.same_sde(sde, model.sde)
+    _data("x", x)
+    if t_end is None:
+        t_end = sde.t_eps
+    else:
+        t_end = _checks.real("t_end", t_end, low=0, high=sde.T, open_low=True, open_high=True)
+    _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE)
+    _checks.real("rtol", rtol, low=0, open_low=True)
+    _checks.real("atol", atol, low=0, open_low=True)
+    return sde, float(t_end)
 
 
 _NOT_DIFFERENTIABLE = (
@@ -140,27 +151,28 @@ def _divergence(v: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor]
     return total / probes.shape[0]
 
 
-def _draw_probes(shape, probes: int, noise: str, generator, dtype, device) -> torch.Tensor:
+def _draw_probes(shape, probes: int, distribution: str, generator, dtype, device) -> torch.Tensor:
     eps = torch.randn((probes, *shape), generator=generator, dtype=dtype, device=device)
-    return eps.sign() if noise == "rademacher" else eps  # sign of a Gaussian: +-1 with probability 1/2
+    return eps.sign() if distribution == "rademacher" else eps  # sign of a Gaussian: +-1 with probability 1/2
 
 
-def _check_trace_options(trace: str, probes: int, noise: str) -> None:
-    check_choice("trace", trace, TRACES)
-    check_choice("noise", noise, NOISES)
-    if isinstance(probes, bool) or int(probes) != probes or probes < 1:
-        raise ValueError(f"probes must be an integer >= 1; got {probes!r}")
+def _check_trace_options(trace: str, probes: int, probe_distribution: str) -> int:
+    _checks.choice("trace", trace, TRACES)
+    _checks.choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
+    return _checks.integer("probes", probes, low=1)
 
 
 def divergence(
     model: ScoreModel, x: torch.Tensor, t: float, trace: str = "exact", probes: int = 1,
-    noise: str = "rademacher", generator: Optional[torch.Generator] = None,
+    probe_distribution: str = "rademacher", generator: Optional[torch.Generator] = None, **renamed,
 ) -> torch.Tensor:
     """div_x of the probability-flow velocity at (x, t), shape (B,): exact, or the
-    Hutchinson-Skilling estimate averaged over `probes` fresh probes. One network evaluation."""
-    _check_trace_options(trace, probes, noise)
-    check_finite("x", x)
-    eps = None if trace == "exact" else _draw_probes(x.shape, probes, noise, generator, x.dtype, x.device)
+    Hutchinson-Skilling estimate averaged over `probes` fresh probes drawn from
+    `probe_distribution` ('rademacher' or 'gaussian'). One network evaluation."""
+    _no_renamed("divergence", renamed, ["noise"])
+    probes = _check_trace_options(trace, probes, probe_distribution)
+    _checks.finite("x", x)
+    eps = None if trace == "exact" else _draw_probes(x.shape, probes, probe_distribution, generator, x.dtype, x.device)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         v = _velocity(model, model.sde, x, float(t), need_grad=True, check_graph=True)
@@ -168,18 +180,12 @@ def divergence(
 
 
 # ---- the ODE ------------------------------------------------------------------------------
-def _odeint(func, y0, sde: SDE, t_eps: float, dtype, device, method: str, rtol: float, atol: float):
-    import torchdiffeq
-
-    ts = torch.tensor([t_eps, sde.T], dtype=dtype, device=device)
-    # as in solvers/backends.py: no automatic first-step probe and no overshoot past T, so the
-    # SDE is never evaluated outside [t_eps, T]
-    options = {"first_step": 1e-3 * (sde.T - t_eps), "step_t": ts[[-1]]}
+def _solve_up(func, y0, sde: SDE, t_end: float, dtype: torch.dtype, method: str, rtol: float, atol: float):
+    """The state at T of the ODE from y0 at t_end, with the times in `dtype` (x's)."""
     try:
-        path = torchdiffeq.odeint(func, y0, ts, method=method, rtol=rtol, atol=atol, options=options)
+        return odeint_in_range(func, y0, (t_end, sde.T), method=method, rtol=rtol, atol=atol, t_dtype=dtype)
     except AssertionError as err:  # torchdiffeq's "underflow in dt"
-        raise ValueError(f"the probability-flow ODE solve failed ({err}); is the model finite on [t_eps, T]?") from err
-    return tuple(p[-1] for p in path) if isinstance(path, tuple) else path[-1]
+        raise ValueError(f"the probability-flow ODE solve failed ({err}); is the model finite on [t_end, T]?") from err
 
 
 def log_likelihood(
@@ -188,28 +194,34 @@ def log_likelihood(
     sde: Optional[SDE] = None,
     trace: str = "exact",
     probes: int = 1,
-    noise: str = "rademacher",
+    probe_distribution: str = "rademacher",
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    t_eps: Optional[float] = None,
+    t_end: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
+    **renamed,
 ) -> LikelihoodResult:
-    """log p_{t_eps}(x) of the model's probability-flow ODE, in nats, for x of shape (B, *shape).
+    """log p_{t_end}(x) of the model's probability-flow ODE, in nats, for x of shape (B, *shape).
 
     Args:
-        trace: "exact" (D vector-Jacobian products per evaluation; low dimension) or
-            "hutchinson" (`probes` probes of `noise` type, drawn once from `generator`).
+        trace: "exact" (D vector-Jacobian products per evaluation, from one network evaluation;
+            low dimension) or "hutchinson": E[eps^T (dv/dx) eps] with `probes` probes drawn
+            from `probe_distribution` ("rademacher" or "gaussian") once, from `generator`, and
+            kept fixed over the whole integration, so the integral estimate is unbiased too.
         method, rtol, atol: the torchdiffeq adaptive method and tolerances, applied to x and
             to the accumulated divergence alike; computation runs in x's dtype.
-        t_eps: start time (default sde.t_eps); the result is the density of the marginal at
-            t_eps, not at 0.
+        t_end: the time the integral starts from (default sde.t_eps); the result is the
+            density of the marginal at t_end, not at 0.
 
-    The result carries no autograd graph. NFE counts one per evaluation (traces reuse it).
+    Samples of a batch must not interact inside the network (no batch-norm in training mode):
+    one backward pass serves the whole batch. The result carries no autograd graph. NFE counts
+    one per evaluation (traces reuse it).
     """
-    sde, t_eps = _resolve(model, sde, x, t_eps, method, rtol, atol)
-    _check_trace_options(trace, probes, noise)
-    eps = None if trace == "exact" else _draw_probes(x.shape, probes, noise, generator, x.dtype, x.device)
+    _no_renamed("log_likelihood", renamed, ["t_eps", "noise"])
+    sde, t_end = _resolve(model, sde, x, t_end, method, rtol, atol)
+    probes = _check_trace_options(trace, probes, probe_distribution)
+    eps = None if trace == "exact" else _draw_probes(x.shape, probes, probe_distribution, generator, x.dtype, x.device)
 
     first = [True]  # check the graph to x once per solve (one extra backward pass)
 
@@ -225,46 +237,50 @@ def log_likelihood(
     nfe_start = model.nfe
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        z, delta = _odeint(func, (x.detach(), delta0), sde, t_eps, x.dtype, x.device, method, rtol, atol)
+        z, delta = _solve_up(func, (x.detach(), delta0), sde, t_end, x.dtype, method, rtol, atol)
     if not bool(torch.isfinite(z).all()) or not bool(torch.isfinite(delta).all()):
-        raise ValueError("the probability-flow ODE produced non-finite values; is the model finite on [t_eps, T]?")
+        raise ValueError("the probability-flow ODE produced non-finite values; is the model finite on [t_end, T]?")
     prior_logp = sde.prior_logp(z)
-    return LikelihoodResult(prior_logp + delta, z, model.nfe - nfe_start, prior_logp, delta, t_eps)
+    return LikelihoodResult(prior_logp + delta, z, model.nfe - nfe_start, prior_logp, delta, t_end)
 
 
 def encode(
     model: ScoreModel, x: torch.Tensor, sde: Optional[SDE] = None, method: str = "dopri5",
-    rtol: float = 1e-5, atol: float = 1e-5, t_eps: Optional[float] = None,
+    rtol: float = 1e-5, atol: float = 1e-5, t_end: Optional[float] = None, **renamed,
 ) -> torch.Tensor:
-    """The latent z = x_T of data x (B, *shape): the probability-flow ODE from t_eps up to T.
-    `decode` (or `scoresde.sample(model, x_T=z, solver="torchdiffeq", t_end=t_eps)`) inverts it."""
-    sde, t_eps = _resolve(model, sde, x, t_eps, method, rtol, atol)
+    """The latent z = x_T of data x (B, *shape): the probability-flow ODE from t_end (default
+    sde.t_eps) up to T. `decode` (or `scoresde.sample(model, x_T=z, solver="torchdiffeq",
+    t_end=t_end)`) inverts it."""
+    _no_renamed("encode", renamed, ["t_eps"])
+    sde, t_end = _resolve(model, sde, x, t_end, method, rtol, atol)
 
     def func(t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         return _velocity(model, sde, x_t, float(t), need_grad=False)
 
     with torch.no_grad():
-        return _odeint(func, x.detach(), sde, t_eps, x.dtype, x.device, method, rtol, atol)
+        return _solve_up(func, x.detach(), sde, t_end, x.dtype, method, rtol, atol)
 
 
 def decode(
     model: ScoreModel, z: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-    t_eps: Optional[float] = None,
+    t_end: Optional[float] = None, **renamed,
 ) -> torch.Tensor:
-    """Data from latents: the probability-flow ODE from T down to t_eps through
-    `scoresde.sample` with the torchdiffeq backend."""
-    t_end = model.sde.t_eps if t_eps is None else t_eps
+    """Data from latents z (B, *shape): the probability-flow ODE from T down to t_end (default
+    sde.t_eps) through `scoresde.sample` with the torchdiffeq backend."""
+    _no_renamed("decode", renamed, ["t_eps"])
+    t_end = model.sde.t_eps if t_end is None else t_end
     return sample(model, x_T=z, solver="torchdiffeq", t_end=t_end, method=method, rtol=rtol, atol=atol).x
 
 
 def round_trip_error(
     model: ScoreModel, x: torch.Tensor, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-    t_eps: Optional[float] = None,
+    t_end: Optional[float] = None, **renamed,
 ) -> torch.Tensor:
     """max |decode(encode(x)) - x| of each sample, shape (B,): the ODE's invertibility at the
     given tolerances."""
-    z = encode(model, x, method=method, rtol=rtol, atol=atol, t_eps=t_eps)
-    back = decode(model, z, method=method, rtol=rtol, atol=atol, t_eps=t_eps)
+    _no_renamed("round_trip_error", renamed, ["t_eps"])
+    z = encode(model, x, method=method, rtol=rtol, atol=atol, t_end=t_end)
+    back = decode(model, z, method=method, rtol=rtol, atol=atol, t_end=t_end)
     return (back - x).abs().reshape(x.shape[0], -1).amax(1)
 
 
@@ -296,17 +312,14 @@ def bits_per_dim(
 
     is an upper bound on -log2 P(k) / D; 8-bit data: -D log Delta = D log 128, i.e. +7 bits.
     E_u is the mean over `draws` dequantization draws from `generator`; log p is
-    `log_likelihood` (log p_{t_eps}, see the module note) with `likelihood_options`.
+    `log_likelihood` (log p_{t_end}, see the module note) with `likelihood_options`.
     Computation runs in `dtype` (default float32, or x's float dtype).
     """
-    if isinstance(levels, bool) or int(levels) != levels or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2; got {levels!r}")
-    if isinstance(draws, bool) or int(draws) != draws or draws < 1:
-        raise ValueError(f"draws must be an integer >= 1; got {draws!r}")
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        raise ValueError("x must be a tensor of shape (B, *data_shape)")
+    _checks.renamed(likelihood_options, _RENAMED, "bits_per_dim")
+    levels = _checks.integer("levels", levels, low=2)
+    draws = _checks.integer("draws", draws, low=1)
+    _data("x", x, floating=False)
     if x.is_floating_point():
-        check_finite("x", x)
         dtype = dtype or x.dtype
         k = (x.double() + 1) * (levels - 1) / 2
         if bool((k < -1e-4).any()) or bool((k > levels - 1 + 1e-4).any()):

@@ -35,6 +35,9 @@ Time sampling (time in the SDE's own units, t in [t_eps, T]):
 
 With "uniform" t, "likelihood" weighting and `reduce`, (T - t_eps)/2 times the loss is the
 score-matching term of the bound on the negative log-likelihood (in nats) up to a constant.
+
+`classifier_loss` is the cross-entropy that trains a time-dependent classifier
+(`classifier.NoisyClassifier`) on data noised the same way.
 """
 from __future__ import annotations
 
@@ -43,11 +46,15 @@ from typing import Optional
 
 import torch
 
-from ._utils import check_choice, expand_as_batch
+from . import _checks
+from ._utils import expand_as_batch
+from .classifier import NoisyClassifier
 from .model import ScoreModel
 from .sde import AffineSDE
 
-__all__ = ["dsm_loss", "sample_time", "time_weight", "score_weighting", "WEIGHTINGS", "T_SAMPLINGS"]
+__all__ = [
+    "dsm_loss", "classifier_loss", "sample_time", "time_weight", "score_weighting", "WEIGHTINGS", "T_SAMPLINGS",
+]
 
 WEIGHTINGS = ("score", "likelihood", "eps", "edm")
 T_SAMPLINGS = ("uniform", "importance", "lognormal")
@@ -71,7 +78,7 @@ def sample_time(
 ) -> torch.Tensor:
     """n training times in [t_eps, T] drawn as `t_sampling` says (see module docstring),
     float64, shape (n,), drawn on the generator's device and moved to `device`."""
-    check_choice("t_sampling", t_sampling, T_SAMPLINGS)
+    _checks.choice("t_sampling", t_sampling, T_SAMPLINGS)
     _check_affine(sde)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gen_device)
@@ -94,7 +101,7 @@ def sample_time(
 
 def time_weight(sde: AffineSDE, t: torch.Tensor, t_sampling: str = "uniform") -> torch.Tensor:
     """w(t): the importance weight p_uniform(t) / q(t) for "importance", else 1; shaped like t."""
-    check_choice("t_sampling", t_sampling, T_SAMPLINGS)
+    _checks.choice("t_sampling", t_sampling, T_SAMPLINGS)
     if t_sampling != "importance":
         return torch.ones_like(t)
     z = 2 * (float(sde.log_snr(sde.t_eps)) - float(sde.log_snr(sde.T)))
@@ -104,7 +111,7 @@ def time_weight(sde: AffineSDE, t: torch.Tensor, t_sampling: str = "uniform") ->
 def score_weighting(model: ScoreModel, t: torch.Tensor, weighting: str, dim: int) -> torch.Tensor:
     """lambda(t) / sigma(t)^2 for `weighting` (the score-space weight divided by sigma^2, i.e.
     the weight on || eps_theta - eps ||^2), shape of t; `dim` is D, the data dimensions."""
-    check_choice("weighting", weighting, WEIGHTINGS)
+    _checks.choice("weighting", weighting, WEIGHTINGS)
     sde = _check_affine(model.sde)
     if weighting == "score":
         return torch.ones_like(t)
@@ -145,8 +152,8 @@ def dsm_loss(
     Returns:
         a scalar, or (B,) per-sample losses.
     """
-    check_choice("weighting", weighting, WEIGHTINGS)
-    check_choice("t_sampling", t_sampling, T_SAMPLINGS)
+    _checks.choice("weighting", weighting, WEIGHTINGS)
+    _checks.choice("t_sampling", t_sampling, T_SAMPLINGS)
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
     sde = _check_affine(model.sde)
@@ -171,3 +178,11 @@ def dsm_loss(
     weight = (time_weight(sde, t, t_sampling) * score_weighting(model, t, weighting, dim)).to(x0.dtype) * a**2
     per_sample = weight * (out - target).pow(2).reshape(b, -1).sum(1)
     return per_sample.mean() if reduce else per_sample
+
+
+def classifier_loss(model: NoisyClassifier, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of p(y | x_t, t) at x_t = alpha(t) x0 + sigma(t) noise, mean over the batch:
+    the `loss_fn` that trains a `NoisyClassifier` with `Trainer`. x0, noise (B, *shape); t, y (B,)."""
+    logits = model(model.sde.marginal(x0, t, noise), t)
+    return torch.nn.functional.cross_entropy(logits, y)

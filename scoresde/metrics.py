@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._utils import check_finite
+from . import _checks
 
 __all__ = [
     "sliced_wasserstein", "mmd", "median_bandwidth", "energy_distance", "gaussian_w2",
@@ -310,7 +310,7 @@ def _samples(name: str, x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no features: shape {tuple(x.shape)}")
-    check_finite(name, x)
+    _checks.finite(name, x)
     return x
 
 
@@ -367,8 +367,8 @@ def _gaussian(mean_name: str, cov_name: str, mean: torch.Tensor, cov: torch.Tens
         raise ValueError(f"{cov_name} must have shape (..., D, D) with D = {d} from {mean_name}; got {tuple(cov.shape)}")
     if mean.device != cov.device:
         raise ValueError(f"{mean_name} and {cov_name} must be on one device; got {mean.device} and {cov.device}")
-    check_finite(mean_name, mean)
-    check_finite(cov_name, cov)
+    _checks.finite(mean_name, mean)
+    _checks.finite(cov_name, cov)
     dtype = torch.promote_types(mean.dtype, cov.dtype)
     mean, cov = mean.to(dtype), cov.to(dtype)
     tol = math.sqrt(torch.finfo(dtype).eps) * cov.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(dtype).tiny)

@@ -9,7 +9,8 @@ from typing import Callable, Tuple, Union
 
 import torch
 
-from ._utils import Time, as_time, check_choice, expand_as_batch
+from . import _checks
+from ._utils import Time, as_time, expand_as_batch
 from .sde import SDE, AffineSDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS"]
@@ -47,7 +48,7 @@ class ScoreModel(torch.nn.Module):
         sigma_data: float = 0.5,
     ):
         super().__init__()
-        check_choice("prediction", prediction, PREDICTIONS)
+        _checks.choice("prediction", prediction, PREDICTIONS)
         if not isinstance(sde, SDE):
             raise ValueError(f"sde must be a scoresde.SDE; got {type(sde).__name__}")
         if prediction != "score" and not sde.is_affine:
@@ -58,7 +59,7 @@ class ScoreModel(torch.nn.Module):
         if time_input is None:
             time_input = "c_noise" if prediction == "edm" else "t"
         if not callable(time_input):
-            check_choice("time_input", time_input, TIME_INPUTS)
+            _checks.choice("time_input", time_input, TIME_INPUTS)
             if time_input != "t" and not sde.is_affine:
                 raise ValueError(f"time_input={time_input!r} needs an affine SDE; use 't' or a callable")
         if not sigma_data > 0:

@@ -7,13 +7,14 @@ Time `t` is a float, a 0-dim tensor or a (B,) tensor; coefficients come back wit
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import _checks
-from ._utils import Time, as_time, check_finite, check_time_range, expand_as_batch
+from ._utils import Time, as_time, expand_as_batch
 
 __all__ = [
     "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "DiscreteVPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
@@ -45,7 +46,7 @@ class SDE:
     def check_time(self, t: Time, what: str = "t") -> torch.Tensor:
         """t as a float tensor, after checking it lies in [0, T]."""
         t = as_time(t)
-        check_time_range(t, 0.0, self.T, what)
+        _checks.time_range(t, 0.0, self.T, what)
         return t
 
     def prior_sample(
@@ -96,6 +97,12 @@ class SDE:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._identity()))
+
+    def fingerprint(self) -> str:
+        """A short digest of the class and `_identity()`: equal SDEs have equal fingerprints, so
+        files can record which process they were made for (a repr rounds, a digest does not)."""
+        text = f"{type(self).__name__}:{self._identity()!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ReverseSDE:

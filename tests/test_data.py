@@ -54,7 +54,7 @@ def test_toy_shapes():
 
 
 def test_bad_toy_arguments():
-    with pytest.raises(ValueError, match="name='spiral' is not valid; choose one of: ring, moons, swissroll"):
+    with pytest.raises(ValueError, match="name must be one of: ring, moons, swissroll; got 'spiral'"):
         sample_toy("spiral", 10)
     with pytest.raises(ValueError, match="n must be an integer >= 0; got -1"):
         sample_toy("moons", -1)
@@ -80,5 +80,5 @@ def test_digits_split_is_fixed_disjoint_and_complete():
     assert torch.equal(xa[train].float(), x) and torch.equal(ya[test], yt)
     # grey levels 0..16 map to x / 8 - 1: 17 equally spaced values
     assert set((xa * 8 + 8).round().unique().tolist()) <= set(range(17))
-    with pytest.raises(ValueError, match="split='val' is not valid; choose one of: train, test, all"):
+    with pytest.raises(ValueError, match="split must be one of: train, test, all; got 'val'"):
         load_digits("val")

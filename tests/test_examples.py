@@ -91,7 +91,7 @@ def test_ddpm_grid_makes_ancestral_the_ddpm_chain():
     draws = [torch.randn(64, 2, generator=gen, dtype=torch.float64) for _ in range(len(ts) - 1)]
     it = iter(draws)
     out = sd.sample(model, x_T=x_T, solver="ancestral", schedule=ts, steps=None, final_mean=False, denoise=True,
-                    noise=lambda like: next(it))
+                    noise_fn=lambda like: next(it))
     assert out.nfe == len(ts)
 
     # Ho et al. 2020, Algorithm 2, between consecutive grid points (the first from alpha(T)^2)

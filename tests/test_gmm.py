@@ -113,5 +113,5 @@ def test_bad_mixture_calls():
     mix = PROBLEMS["ring"]
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
         mix.log_prob(torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="t must lie in"):
+    with pytest.raises(ValueError, match="t must be times in"):
         mix.score(torch.zeros(3, 2), 1.5, sd.VPSDE())

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 import scoresde as sd
-from scoresde.guidance import Classifier, ClassifierFree, NoisyClassifier, classifier_loss
+from scoresde.classifier import NoisyClassifier
+from scoresde.guidance import Classifier, ClassifierFree
+from scoresde.losses import classifier_loss
 from scoresde.metrics import sliced_wasserstein, two_sample_floor
 
 from conftest import CountingNet
@@ -314,7 +316,7 @@ def test_bad_inpainting_inputs_raise_clear_errors():
         sd.sample(oracle, shape=(4, 3), inpaint=(known, torch.ones(2, dtype=torch.bool)))
     with pytest.raises(ValueError, match=r"known and mask are for shape \(4, 3\); the samples have shape \(5, 3\)"):
         sd.sample(oracle, shape=(5, 3), inpaint=(known, torch.ones(3, dtype=torch.bool)))
-    with pytest.raises(ValueError, match="inpaint works with fixed-step solvers"):
+    with pytest.raises(ValueError, match="solver must be one that steps on the grid itself to take inpaint.*; got 'adaptive-sde'"):
         sd.sample(oracle, shape=(4, 3), solver="adaptive_sde", inpaint=(known, torch.ones(3, dtype=torch.bool)))
     with pytest.raises(ValueError, match=r"inpaint must be a pair \(known, mask\)"):
         sd.sample(oracle, shape=(4, 3), inpaint=known)

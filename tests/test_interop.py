@@ -288,11 +288,11 @@ def test_scheduler_runs_a_diffusers_pipeline_and_matches_scoresde_sample():
 # ---- bad input ---------------------------------------------------------------------------------
 def test_bad_input_raises_clear_errors():
     unet = diffusers_oracle(torch.cumprod(1 - BETAS, 0), "epsilon")
-    with pytest.raises(ValueError, match="prediction_type='flow_prediction'.*epsilon, v_prediction, sample"):
+    with pytest.raises(ValueError, match="prediction_type must be one of: epsilon, v_prediction, sample; got 'flow_prediction'"):
         from_diffusers(unet, BETAS, prediction_type="flow_prediction")
     with pytest.raises(ValueError, match="scheduler_or_betas.*FlowMatchEulerDiscreteScheduler without `alphas_cumprod`"):
         from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler())
-    with pytest.raises(ValueError, match="sde='ve'.*discrete, vp"):
+    with pytest.raises(ValueError, match="sde must be one of: discrete, vp; got 've'"):
         from_diffusers(unet, BETAS, sde="ve")
     with pytest.raises(ValueError, match="betas must be a linear schedule"):
         from_diffusers(unet, diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"), sde="vp")
@@ -301,14 +301,14 @@ def test_bad_input_raises_clear_errors():
     model = from_diffusers(lambda x, t: torch.cat([x, x], 1), BETAS)  # learned variance: 2x channels
     with pytest.raises(ValueError, match=r"unet returned \(2, 8\) for input shape \(2, 4\)"):
         model.eps(points(2), 0.5)
-    with pytest.raises(ValueError, match="sigma_data must be a number > 0"):
+    with pytest.raises(ValueError, match="sigma_data must be a finite number > 0; got -1.0"):
         from_denoiser(lambda x, s: x, sigma_data=-1.0)
 
 
 def test_scheduler_bad_input_raises_clear_errors():
-    with pytest.raises(ValueError, match="solver='euler'.*ddim, dpm\\+\\+2m, dpm\\+\\+3m"):
+    with pytest.raises(ValueError, match="solver must be one of: ddim, dpm\\+\\+2m, dpm\\+\\+3m; got 'euler'"):
         SolverScheduler(torch.cumprod(1 - BETAS, 0), solver="euler")
-    with pytest.raises(ValueError, match="final_sigmas_type='none'.*zero, sigma_min"):
+    with pytest.raises(ValueError, match="final_sigmas_type must be one of: zero, sigma_min; got 'none'"):
         SolverScheduler(torch.cumprod(1 - BETAS, 0), final_sigmas_type="none")
     with pytest.raises(ValueError, match="scheduler_or_betas.*without `alphas_cumprod`"):
         SolverScheduler.from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler())
@@ -316,6 +316,8 @@ def test_scheduler_bad_input_raises_clear_errors():
     x = points(2).float()
     with pytest.raises(ValueError, match="call set_timesteps"):
         ours.step(x, 999, x)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1; got 0"):
+        ours.set_timesteps(0)
     with pytest.raises(ValueError, match=r"timesteps must be finite values in \[0, 999\]"):
         ours.set_timesteps(timesteps=[1000, 500])
     ours.set_timesteps(4)

@@ -39,7 +39,7 @@ def test_exact_trace_matches_closed_form(problem, sde):
     assert ((res.delta_logp + exact_T - exact).abs() / mix.dim).max() < 1e-4
     mismatch = res.prior_logp - exact_T
     assert ((res.logp - exact - mismatch).abs() / mix.dim).max() < 1e-4
-    assert res.nfe > 0 and res.t_eps == sde.t_eps
+    assert res.nfe > 0 and res.t_end == sde.t_eps
 
 
 @pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
@@ -52,12 +52,12 @@ def test_centred_data_within_1e3_nats_per_dim(sde):
     assert ((res.logp - mix.log_prob_t(x, sde.t_eps, sde)).abs() / 2).max() < 1e-3
 
 
-def test_other_t_eps_and_prediction():
-    """t_eps is honoured (compared with log p at that time), and the parameterization does not matter."""
+def test_other_t_end_and_prediction():
+    """t_end is honoured (compared with log p at that time), and the parameterization does not matter."""
     sde, mix = sd.VPSDE(), PROBLEMS["gmm3d"]
     x = data(mix, n=4)
     for prediction in ("x0", "v", "edm"):
-        res = log_likelihood(mix.score_model(sde, prediction=prediction), x, t_eps=0.05, **TIGHT)
+        res = log_likelihood(mix.score_model(sde, prediction=prediction), x, t_end=0.05, **TIGHT)
         ref = res.delta_logp + mix.log_prob_t(res.z, sde.T, sde)
         assert (ref - mix.log_prob_t(x, 0.05, sde)).abs().max() < 3e-4
 
@@ -68,8 +68,9 @@ def test_hutchinson_divergence_unbiased():
     model = mix.score_model(sde)
     x = data(mix, n=1).expand(4000, -1).clone()
     exact = divergence(model, x[:1], 0.3)
-    for noise in ("rademacher", "gaussian"):
-        est = divergence(model, x, 0.3, trace="hutchinson", noise=noise, generator=torch.Generator().manual_seed(0))
+    for distribution in ("rademacher", "gaussian"):
+        est = divergence(model, x, 0.3, trace="hutchinson", probe_distribution=distribution,
+                         generator=torch.Generator().manual_seed(0))
         se = float(est.std()) / math.sqrt(est.numel())
         assert se > 0 and abs(float(est.mean()) - float(exact)) < 4 * se
 
@@ -81,8 +82,8 @@ def test_hutchinson_log_likelihood_unbiased():
     model = mix.score_model(sde)
     x = data(mix, n=1).expand(300, -1).clone()
     exact = log_likelihood(model, x[:1], rtol=1e-6, atol=1e-6).logp
-    for noise in ("gaussian", "rademacher"):  # rademacher last: est is compared below
-        est = log_likelihood(model, x, trace="hutchinson", noise=noise, rtol=1e-6, atol=1e-6,
+    for distribution in ("gaussian", "rademacher"):  # rademacher last: est is compared below
+        est = log_likelihood(model, x, trace="hutchinson", probe_distribution=distribution, rtol=1e-6, atol=1e-6,
                              generator=torch.Generator().manual_seed(0)).logp
         se = float(est.std()) / math.sqrt(est.numel())
         assert abs(float(est.mean()) - float(exact)) < 4 * se
@@ -158,18 +159,18 @@ def test_bad_input():
     sde, mix = sd.VPSDE(), GaussianMixture.ring()
     model = mix.score_model(sde)
     x = data(mix, n=4)
-    with pytest.raises(ValueError, match="t_eps"):
-        log_likelihood(model, x, t_eps=0.0)
-    with pytest.raises(ValueError, match="t_eps"):
-        log_likelihood(model, x, t_eps=-1e-3)
-    with pytest.raises(ValueError, match="t_eps"):
-        encode(model, x, t_eps=2.0)
+    with pytest.raises(ValueError, match=r"t_end must be a finite number in \(0, 1\); got 0.0"):
+        log_likelihood(model, x, t_end=0.0)
+    with pytest.raises(ValueError, match="t_end must be"):
+        log_likelihood(model, x, t_end=-1e-3)
+    with pytest.raises(ValueError, match="t_end must be"):
+        encode(model, x, t_end=2.0)
     bad = x.clone()
     bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="x must be finite"):
         log_likelihood(model, bad)
     bad[0, 0] = float("inf")
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="x must be finite"):
         encode(model, bad)
     with pytest.raises(ValueError, match="trace"):
         log_likelihood(model, x, trace="skilling")
@@ -179,6 +180,31 @@ def test_bad_input():
         log_likelihood(model, x, method="euler")
     with pytest.raises(ValueError, match="sde"):
         log_likelihood(model, x, sde=sd.EDMSDE())
+    with pytest.raises(ValueError, match="sde must be the model's sde"):
+        log_likelihood(model, x, sde=sd.VPSDE(beta_max=19.0))
+    log_likelihood(model, x[:1], sde=sd.VPSDE(), rtol=1e-3, atol=1e-3)  # an equal sde, not the same object
+    with pytest.raises(ValueError, match="probe_distribution must be one of: rademacher, gaussian; got 'uniform'"):
+        log_likelihood(model, x, trace="hutchinson", probe_distribution="uniform")
+
+
+def test_renamed_keywords_name_their_replacement():
+    """t_eps (now t_end, as in sample) and noise (now probe_distribution) fail, naming the new name."""
+    sde, mix = sd.VPSDE(), GaussianMixture.ring()
+    model = mix.score_model(sde)
+    x = data(mix, n=2)
+    for call in (lambda: log_likelihood(model, x, t_eps=0.01), lambda: encode(model, x, t_eps=0.01),
+                 lambda: decode(model, x, t_eps=0.01), lambda: round_trip_error(model, x, t_eps=0.01),
+                 lambda: bits_per_dim(model, x.clamp(-1, 1).mul(8).round().div(8), levels=17, t_eps=0.01)):
+        with pytest.raises(ValueError, match="t_eps was renamed t_end"):
+            call()
+    with pytest.raises(ValueError, match="noise was renamed probe_distribution"):
+        log_likelihood(model, x, trace="hutchinson", noise="gaussian")
+    with pytest.raises(ValueError, match="noise was renamed probe_distribution"):
+        divergence(model, x, 0.5, trace="hutchinson", noise="gaussian")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tol'"):
+        log_likelihood(model, x, tol=1e-3)
+    with pytest.raises(AttributeError, match="t_eps was renamed t_end"):
+        log_likelihood(model, x[:1], rtol=1e-3, atol=1e-3).t_eps
 
 
 def test_bad_dequantization_input():
@@ -189,7 +215,7 @@ def test_bad_dequantization_input():
         bits_per_dim(model, torch.tensor([[0, 17]]), levels=17)
     with pytest.raises(ValueError, match="not on the grid"):
         bits_per_dim(model, torch.tensor([[0.01, 0.5]]), levels=17)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="x must be finite"):
         bits_per_dim(model, torch.tensor([[float("nan"), 0.5]]), levels=17)
 
 

@@ -104,7 +104,7 @@ def test_module_parameters_are_registered():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(prediction="noise"), "prediction='noise' is not valid; choose one of: score, eps, x0, v, edm"),
+        (dict(prediction="noise"), "prediction must be one of: score, eps, x0, v, edm; got 'noise'"),
         (dict(time_input="1000t"), "time_input"),
         (dict(sigma_data=0.0), "sigma_data"),
     ],
@@ -121,5 +121,5 @@ def test_bad_call_arguments():
     model = sd.ScoreModel(lambda x, t: x, sd.VPSDE())
     with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(B,\)"):
         model.eps(torch.zeros(2, 3), torch.full((3,), 0.5))
-    with pytest.raises(ValueError, match="t must lie in"):
+    with pytest.raises(ValueError, match="t must be times in"):
         model.eps(torch.zeros(2, 3), 2.0)

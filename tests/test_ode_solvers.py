@@ -81,7 +81,7 @@ def test_dpmpp_at_first_order_is_ddim():
     x_T = sde.prior_sample((32, 2), torch.Generator().manual_seed(2), dtype=torch.float64)
     ddim = sd.sample(model, x_T=x_T, solver="ddim", steps=12).x
     for name in ("dpm++2m", "dpm++3m", "unipc"):
-        options = dict(order=1, corrector=False) if name == "unipc" else dict(order=1)
+        options = dict(history=1, corrector=False) if name == "unipc" else dict(history=1)
         torch.testing.assert_close(sd.sample(model, x_T=x_T, solver=name, steps=12, **options).x, ddim,
                                    rtol=1e-12, atol=1e-12)
 
@@ -183,29 +183,29 @@ def test_bad_input():
     sde = sd.VPSDE()
     model = RING.score_model(sde)
     x_T = torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="solver='dpm' is not valid; choose one of: euler, heun"):
+    with pytest.raises(ValueError, match="solver must be one of: euler, heun.*; got 'dpm'"):
         sd.sample(model, x_T=x_T, solver="dpm")
-    with pytest.raises(ValueError, match="schedule='cosine' is not valid; choose one of: uniform, quadratic, logsnr, karras"):
+    with pytest.raises(ValueError, match="schedule must be one of: uniform, quadratic, logsnr, karras; got 'cosine'"):
         sd.sample(model, x_T=x_T, schedule="cosine")
     for steps in (0, -3, 2.5):
         with pytest.raises(ValueError, match="steps must be an integer >= 1"):
             sd.sample(model, x_T=x_T, steps=steps)
     for t_end in (0.0, 1.0, 1.5):
-        with pytest.raises(ValueError, match=r"t_end must lie in \(0, T\)"):
+        with pytest.raises(ValueError, match=r"t_end must be a finite number in \(0, 1\)"):
             sd.sample(model, x_T=x_T, t_end=t_end)
     with pytest.raises(ValueError, match="disagrees with x_T"):
         sd.sample(model, x_T=x_T, shape=(4, 3))
     with pytest.raises(ValueError, match="give either shape"):
         sd.sample(model)
-    with pytest.raises(ValueError, match="unknown option.*eta.*accepts: order, lower_order_final"):
+    with pytest.raises(ValueError, match="unknown option.*eta.*accepts: history, lower_order_final"):
         sd.sample(model, x_T=x_T, solver="dpm++2m", eta=0.5)
-    with pytest.raises(ValueError, match="rtol must be > 0"):
+    with pytest.raises(ValueError, match="rtol must be a finite number > 0"):
         sd.sample(model, x_T=x_T, solver="torchdiffeq", rtol=0)
-    with pytest.raises(ValueError, match="method='rk45' is not valid"):
+    with pytest.raises(ValueError, match="method must be one of: RK45.*; got 'rk45'"):
         sd.sample(model, x_T=x_T, solver="scipy", method="rk45")
-    with pytest.raises(ValueError, match="order must be one of"):
-        sd.sample(model, x_T=x_T, solver="unipc", order=5)
-    with pytest.raises(ValueError, match="differs from the model's sde"):
+    with pytest.raises(ValueError, match=r"history must be an integer in \[1, 3\]; got 5"):
+        sd.sample(model, x_T=x_T, solver="unipc", history=5)
+    with pytest.raises(ValueError, match="sde must be the model's sde"):
         sd.sample(model, sd.VESDE(), x_T=x_T)
 
 

@@ -1,11 +1,11 @@
-"""scoresde.schedules.optimize: a grid tuned to (model, solver, NFE) on calibration noise must beat
+"""scoresde.tuning.optimize: a grid tuned to (model, solver, NFE) on calibration noise must beat
 every fixed schedule on held-out noise, be reproducible, monotone, and survive a JSON round trip."""
 import pytest
 import torch
 
 import scoresde as sd
-from scoresde import schedules
-from scoresde.bench.ode import reference_solution
+from scoresde import schedules, tuning
+from scoresde.solvers import reference_solve
 from scoresde.data.problems import get_problem
 from scoresde.solvers import get
 
@@ -17,8 +17,7 @@ def setting():
     sde = sd.VPSDE()
     mixture = get_problem("ring2d")
     model = mixture.score_model(sde)
-    opt = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,),
-                             generator=torch.Generator().manual_seed(1))
+    opt = tuning.optimize(model, sde, SOLVER, NFE, shape=(64, 2), generator=torch.Generator().manual_seed(1))
     return sde, model, opt
 
 
@@ -30,7 +29,7 @@ def _rmse(model, x_T, reference, schedule) -> float:
 def test_beats_the_best_fixed_schedule_on_held_out_noise(setting):
     sde, model, opt = setting
     x_T = sde.prior_sample((1000, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    reference = reference_solution(model, x_T)
+    reference = reference_solve(model, x_T).x
     fixed = {name: _rmse(model, x_T, reference, schedules.get_schedule(name, sde, opt.steps))
              for name in schedules.SCHEDULES}
     optimized = _rmse(model, x_T, reference, opt)
@@ -53,9 +52,9 @@ def test_grid_is_strictly_monotone_spans_the_sde_and_fits_the_budget(setting):
 def test_cost_is_the_counted_evaluations(setting):
     sde, model, _ = setting
     x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    reference = reference_solution(model, x_T)
+    reference = reference_solve(model, x_T).x
     before = model.nfe
-    opt = schedules.optimize(model, sde, SOLVER, 3, calibration=x_T, reference=reference, max_evals=12)
+    opt = tuning.optimize(model, sde, SOLVER, 3, x_T=x_T, reference=reference, max_evals=12)
     # with the reference given, the cost is exactly 3 NFE per grid tried: the 4 fixed ones + the search's
     assert opt.cost_nfe == model.nfe - before == 3 * len(opt.loss_history)
     assert len(schedules.SCHEDULES) < len(opt.loss_history) <= len(schedules.SCHEDULES) + 12 + 1
@@ -63,7 +62,7 @@ def test_cost_is_the_counted_evaluations(setting):
 
 def test_knots_keep_the_gain_with_fewer_parameters(setting):
     sde, model, opt = setting
-    smooth = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,), knots=3,
+    smooth = tuning.optimize(model, sde, SOLVER, NFE, shape=(64, 2), knots=3,
                                 generator=torch.Generator().manual_seed(1))
     # 2 free parameters: Nelder-Mead's default budget of 60 grids, after the 4 fixed ones
     assert len(smooth.loss_history) <= len(schedules.SCHEDULES) + 60 + 1
@@ -72,10 +71,10 @@ def test_knots_keep_the_gain_with_fewer_parameters(setting):
 
 def test_same_seed_same_schedule(setting):
     sde, model, opt = setting
-    again = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,),
+    again = tuning.optimize(model, sde, SOLVER, NFE, shape=(64, 2),
                                generator=torch.Generator().manual_seed(1))
     assert torch.equal(again.times, opt.times) and again.loss_history == opt.loss_history
-    other = schedules.optimize(model, sde, SOLVER, NFE, calibration=64, shape=(2,), max_evals=30,
+    other = tuning.optimize(model, sde, SOLVER, NFE, shape=(64, 2), max_evals=30,
                                generator=torch.Generator().manual_seed(2))
     assert not torch.equal(other.times, opt.times)
 
@@ -84,38 +83,38 @@ def test_save_load_round_trip_and_refusals(setting, tmp_path):
     sde, model, opt = setting
     path = tmp_path / "sched.json"
     opt.save(path)
-    loaded = schedules.OptimizedSchedule.load(path)
+    loaded = tuning.OptimizedSchedule.load(path)
     assert torch.equal(loaded.times, opt.times)  # JSON keeps float64 exactly (repr round-trips)
     assert (loaded.sde, loaded.solver, loaded.nfe, loaded.cost_nfe) == (opt.sde, opt.solver, opt.nfe, opt.cost_nfe)
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.equal(sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded).x,
                        sd.sample(model, x_T=x_T, solver=SOLVER, schedule=opt.times.tolist(), steps=None).x)
-    with pytest.raises(ValueError, match="tuned for solver='dpm\\+\\+2m'"):
+    with pytest.raises(ValueError, match="solver must be 'dpm\\+\\+2m', which this schedule was tuned for"):
         sd.sample(model, x_T=x_T, solver="ddim", schedule=loaded)
     edm_model = get_problem("ring2d").score_model(sd.EDMSDE())
-    with pytest.raises(ValueError, match="tuned for sde VPSDE"):
+    with pytest.raises(ValueError, match="sde must be the SDE this schedule was tuned for, VPSDE"):
         sd.sample(edm_model, x_T=x_T, solver=SOLVER, schedule=loaded)
-    with pytest.raises(ValueError, match="steps=7 disagrees"):
+    with pytest.raises(ValueError, match="steps must be None or this tuned schedule's 5 .*; got 7"):
         sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded, steps=7)
     (tmp_path / "bad.json").write_text('{"times": [1.0, 0.5]}')
-    with pytest.raises(ValueError, match="lacks nfe, sde, solver"):
-        schedules.OptimizedSchedule.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="lacks nfe, sde, sde_fingerprint, solver"):
+        tuning.OptimizedSchedule.load(tmp_path / "bad.json")
 
 
 def test_bad_input_names_the_parameter(setting):
     sde, model, _ = setting
     with pytest.raises(ValueError, match=r"nfe must be an integer >= 3 \(one step of solver 'dpm-solver-3'\); got 2"):
-        schedules.optimize(model, sde, "dpm-solver-3", 2, calibration=64, shape=(2,))
-    with pytest.raises(ValueError, match="calibration must be a batch size >= 16 .* got 4"):
-        schedules.optimize(model, sde, SOLVER, 10, calibration=4, shape=(2,))
+        tuning.optimize(model, sde, "dpm-solver-3", 2, shape=(64, 2))
+    with pytest.raises(ValueError, match="calibration batch size.* >= 16; got 4"):
+        tuning.optimize(model, sde, SOLVER, 10, shape=(4, 2))
     with pytest.raises(ValueError, match="B >= 16"):
-        schedules.optimize(model, sde, SOLVER, 10, calibration=torch.randn(8, 2))
-    with pytest.raises(ValueError, match="needs shape="):
-        schedules.optimize(model, sde, SOLVER, 10, calibration=64)
-    with pytest.raises(ValueError, match="solver='euler_maruyama' is not a fixed-step ODE solver.*dpm\\+\\+2m"):
-        schedules.optimize(model, sde, "euler_maruyama", 10, calibration=64, shape=(2,))
-    with pytest.raises(ValueError, match="knots must be None .* or an integer >= 2; got 1"):
-        schedules.optimize(model, sde, SOLVER, 10, calibration=64, shape=(2,), knots=1)
+        tuning.optimize(model, sde, SOLVER, 10, x_T=torch.randn(8, 2))
+    with pytest.raises(ValueError, match="calibration was renamed shape="):
+        tuning.optimize(model, sde, SOLVER, 10, calibration=64)
+    with pytest.raises(ValueError, match="solver must be a fixed-step ODE solver.*dpm\\+\\+2m.*got 'euler_maruyama'"):
+        tuning.optimize(model, sde, "euler_maruyama", 10, shape=(64, 2))
+    with pytest.raises(ValueError, match="knots .* must be an integer >= 2; got 1"):
+        tuning.optimize(model, sde, SOLVER, 10, shape=(64, 2), knots=1)
     with pytest.raises(ValueError, match="strictly decreasing"):
         sd.sample(model, shape=(4, 2), solver=SOLVER, steps=None, schedule=[1.0, 0.5, 0.7, 0.001])
 
@@ -126,7 +125,7 @@ def test_cli_optimize_then_sample_with_the_file(tmp_path, capsys):
     path = tmp_path / "sched.json"
     assert main(["schedule", "optimize", "--problem", "ring2d", "--sde", "vp", "--solver", "ddim", "--nfe", "4",
                  "--calibration", "16", "--max-evals", "8", "--out", str(path)]) == 0
-    opt = schedules.OptimizedSchedule.load(path)
+    opt = tuning.OptimizedSchedule.load(path)
     assert (opt.solver, opt.nfe, opt.steps, opt.calibration) == ("ddim", 4, 4, 16)
     assert main(["sample", "--problem", "ring2d", "--sde", "vp", "--schedule-file", str(path), "--n", "50",
                  "--out", str(tmp_path)]) == 0
@@ -150,5 +149,5 @@ def test_bench_optimize_adds_an_optimized_row(tmp_path, capsys):
     assert tuned["optimization"]["calibration"] == 32 and tuned["optimization"]["cost_nfe"] > 0
     # measured 0.146 (logsnr, the default) vs 0.029: a factor 5, asserted as 2
     assert tuned["rmse"] < 0.5 * default["rmse"]
-    assert [c["schedule"] for c in cells if c["solver"] == "euler_maruyama"] == [None]  # SDE solvers: no twin
+    assert [c["schedule"] for c in cells if c["solver"] == "euler-maruyama"] == [None]  # SDE solvers: no twin
     assert "| dpm++2m (optimized) |" in (tmp_path / "accuracy_vs_nfe.md").read_text()

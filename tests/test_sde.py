@@ -162,7 +162,7 @@ def test_user_defined_nonaffine_sde():
         (lambda: sd.EDMSDE(sigma_max=0.001), "sigma_max"),
         (lambda: sd.CosineVPSDE(T=1.0), "T"),
         (lambda: sd.VPSDE().alpha(1.5), r"\[0, 1\]"),
-        (lambda: sd.EDMSDE().sigma(torch.tensor([-1.0, 2.0])), "t must lie"),
+        (lambda: sd.EDMSDE().sigma(torch.tensor([-1.0, 2.0])), "t must be times in"),
         (lambda: sd.VPSDE().discrete_betas(1), "N"),
         (lambda: sd.VPSDE().marginal(torch.zeros(2, 3), 0.5, noise=torch.zeros(2, 2)), "noise"),
     ],

@@ -123,6 +123,43 @@ def write_good_checkpoint(path):
     return trainer, path / "checkpoint.pt"
 
 
+def test_load_model_serves_the_ema_or_the_raw_weights_in_eval_mode(tmp_path):
+    trainer, path = write_good_checkpoint(tmp_path)
+    ema, raw = sd.load_model(path), sd.load_model(path, weights="raw")
+    assert isinstance(ema, sd.ScoreModel) and not ema.training and not raw.training
+    assert_same_state(ema, trainer.ema_model)
+    assert_same_state(raw, trainer.model)
+    assert_same_state(sd.load_model(path, weights="model"), trainer.model)  # the checkpoint's key, an alias
+    x, t = ring_data(8), torch.full((8,), 0.5)
+    with torch.no_grad():
+        assert torch.equal(ema.eps(x, t), trainer.ema_model.eps(x, t))
+        assert not torch.equal(ema.eps(x, t), raw.eps(x, t))
+    double = sd.load_model(path, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in double.parameters())
+    assert isinstance(double.sde, sd.VPSDE) and double.prediction == "eps"
+    with pytest.raises(ValueError, match="weights must be one of: ema, raw; got 'best'"):
+        sd.load_model(path, weights="best")
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        sd.load_model(tmp_path / "missing.pt")
+
+
+def test_cli_nll_weights_raw_and_its_old_name_model(tmp_path, capsys):
+    from scoresde.cli import main
+
+    torch.manual_seed(0)
+    x, _ = sd.data.load_digits("train")
+    model = sd.ScoreModel(sd.nets.UNet(base_channels=8, channel_mults=(1,), groups=4), sd.VPSDE(), prediction="eps")
+    path = sd.Trainer(model, x[:64], batch_size=16, warmup_steps=1, progress=False, ckpt_dir=tmp_path).fit(2).save()
+    lines = []
+    for weights in ("ema", "raw", "model"):
+        assert main(["nll", "--ckpt", str(path), "--samples", "2", "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3",
+                     "--weights", weights]) == 0
+        lines.append(capsys.readouterr().out.strip())
+    assert "(raw weights, step 2)" in lines[1]
+    bpd = [line.split(": ")[-1] for line in lines]
+    assert bpd[1] == bpd[2] and bpd[0] != bpd[1]
+
+
 def test_corrupted_or_truncated_checkpoints_give_clear_errors(tmp_path):
     trainer, good = write_good_checkpoint(tmp_path)
     blob = good.read_bytes()
@@ -263,8 +300,8 @@ def test_unet_on_digits_with_labels_runs_a_few_steps():
         ((torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), {}, "data has labels but the network has no num_classes"),
         (torch.zeros(4, 2), {"batch_size": 0}, "batch_size must be an integer >= 1; got 0"),
         (torch.zeros(4, 2), {"lr": float("nan")}, "lr must be a finite number > 0"),
-        (torch.zeros(4, 2), {"weighting": "mse"}, "weighting='mse' is not valid; choose one of"),
-        (torch.zeros(4, 2), {"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+        (torch.zeros(4, 2), {"weighting": "mse"}, "weighting must be one of: score, likelihood, eps, edm; got 'mse'"),
+        (torch.zeros(4, 2), {"ema_decay": 1.0}, r"ema_decay must be a finite number in \[0, 1\); got 1.0"),
         (torch.zeros(4, 2), {"grad_clip": 0.0}, "grad_clip must be None or a finite number > 0"),
         (torch.zeros(4, 2), {"bf16": True}, "bf16=True needs a CUDA device; got device='cpu'"),
         (torch.zeros(4, 2), {"sample_every": 5}, "sample_every > 0 needs a callable sample_fn"),

@@ -6,15 +6,9 @@ from typing import Dict, Iterable, List, Optional
 import torch
 
 from ..model import ScoreModel
-from ..solvers import get, sample
+from ..solvers import get, reference_solve, sample
 
-__all__ = ["reference_solution", "ode_error_table"]
-
-
-def reference_solution(model: ScoreModel, x_T: torch.Tensor, rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
-    """The probability-flow ODE solved by torchdiffeq's dopri8 at tight tolerances (float64
-    recommended): the yardstick for every fixed-step ODE solver from the same x_T."""
-    return sample(model, x_T=x_T, solver="torchdiffeq", method="dopri8", rtol=rtol, atol=atol).x
+__all__ = ["ode_error_table"]
 
 
 def ode_error_table(
@@ -27,10 +21,11 @@ def ode_error_table(
     progress: bool = False,
 ) -> List[Dict]:
     """One record per (solver, schedule, NFE budget): the step count chosen for the budget, the
-    NFE actually counted, the terminal RMSE against `reference` and the wall time. Budgets
-    below a solver's cost per step are skipped."""
+    NFE actually counted, the terminal RMSE against `reference` (default: `reference_solve`
+    from x_T) and the wall time. Each budget runs the most steps that fit
+    (`SolverInfo.steps_for_nfe`); budgets below a solver's cost per step are skipped."""
     if reference is None:
-        reference = reference_solution(model, x_T)
+        reference = reference_solve(model, x_T).x
     cells = [(s, sch, n) for s in solvers for sch in schedules for n in nfes]
     if progress:
         from tqdm.auto import tqdm
@@ -39,6 +34,8 @@ def ode_error_table(
     records = []
     for solver, schedule, budget in cells:
         info = get(solver)
+        if info.nfe(1) > budget:
+            continue
         steps = info.steps_for_nfe(budget)
         out = sample(model, x_T=x_T, solver=solver, steps=steps, schedule=schedule)
         if out.nfe > budget:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-from .._utils import check_choice
+from .. import _checks
 from .gmm import GaussianMixture
 
 __all__ = ["PROBLEMS", "get_problem"]
@@ -20,5 +20,5 @@ PROBLEMS: Dict[str, Callable[[], GaussianMixture]] = {
 
 def get_problem(name: str) -> GaussianMixture:
     """The mixture named `name`, one of PROBLEMS."""
-    check_choice("problem", name, PROBLEMS)
+    _checks.choice("problem", name, PROBLEMS)
     return PROBLEMS[name]()

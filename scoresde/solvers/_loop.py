@@ -1,15 +1,17 @@
-"""What every solver loop shares: the grid's coefficients and the per-step bookkeeping
-(state replacement, finite check, user callback, trajectory, progress bar)."""
+"""What every solver loop shares: the grid's coefficients (`Grid`), the multistep history
+(`History`, `multistep_order`) and the per-step bookkeeping (`Loop`: the state hook, finite
+check, user callback, trajectory, progress bar)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..sde import AffineSDE
+from ..sde import SDE
 
-__all__ = ["NonFiniteError", "Loop", "Grid"]
+__all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "LOWER_ORDER_FINAL_BELOW"]
 
 
 class NonFiniteError(RuntimeError):
@@ -18,55 +20,130 @@ class NonFiniteError(RuntimeError):
 
 @dataclass
 class Grid:
-    """alpha, sigma and lambda = log(alpha/sigma) at each grid time, as Python floats in float64,
-    so step coefficients cost no device work and keep full precision in float32 runs."""
+    """Everything a step needs at each grid time, as Python floats in float64 (so step
+    coefficients cost no device work and keep full precision in float32 runs): t, and for an
+    affine SDE alpha, sigma, lam = log(alpha/sigma) and sigma_hat = sigma/alpha = e^{-lam}, the
+    noise level of y = x/alpha. `at_lambda` gives the same at an intermediate log-SNR."""
 
+    sde: SDE
     t: List[float]
-    alpha: List[float]
-    sigma: List[float]
-    lam: List[float]
+    alpha: List[float] = field(default_factory=list)
+    sigma: List[float] = field(default_factory=list)
+    lam: List[float] = field(default_factory=list)
+    sigma_hat: List[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, sde: AffineSDE, ts: torch.Tensor) -> "Grid":
-        return cls(ts.tolist(), sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), sde.log_snr(ts).tolist())
+    def of(cls, sde: SDE, ts: torch.Tensor) -> "Grid":
+        if not sde.is_affine:
+            return cls(sde, ts.tolist())
+        lam = sde.log_snr(ts).tolist()
+        return cls(sde, ts.tolist(), sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), lam,
+                   [math.exp(-v) for v in lam])
+
+    def h(self, i: int) -> float:
+        """The log-SNR step lam_{i+1} - lam_i (> 0)."""
+        return self.lam[i + 1] - self.lam[i]
+
+    def at_lambda(self, lam: float) -> Tuple[float, float, float]:
+        """(t, alpha, sigma) at log-SNR `lam` between grid points."""
+        t = self.sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
+        return float(t), float(self.sde.alpha(t)), float(self.sde.sigma(t))
+
+    def transition(self, i: int) -> Tuple[float, float]:
+        """The forward transition x_{t_i} | x_{t_{i+1}} = a x_{t_{i+1}} + sqrt(b) z between
+        neighbouring grid times (t_{i+1} < t_i): (a, b)."""
+        a = self.alpha[i] / self.alpha[i + 1]
+        return a, self.sigma[i] ** 2 - a**2 * self.sigma[i + 1] ** 2
 
 
-#: replace(x, t, last) -> x with part of the state replaced (e.g. inpainting's known region)
-Replace = Callable[[torch.Tensor, float, bool], torch.Tensor]
+#: multistep solvers drop to lower order on their final steps when there are fewer steps than
+#: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def multistep_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
+    """Order of multistep step i (0-based) of `steps`: warm-up from 1, and tapering at the end."""
+    p = min(order, i + 1)
+    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        p = min(p, steps - i)
+    return p
+
+
+class History:
+    """The last `size` evaluations of a multistep solver with their log-SNRs, newest last:
+    `values[-1]` is the newest, `lam[-1]` its log-SNR."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.values: List[torch.Tensor] = []
+        self.lam: List[float] = []
+
+    def push(self, lam: float, value: torch.Tensor) -> None:
+        self.values = (self.values + [value])[-self.size:]
+        self.lam = (self.lam + [lam])[-self.size:]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+#: hook(x, t, last) -> x: the state after a step with part of it changed (e.g. inpainting's
+#: known region), t the time reached, last whether it is the final state
+StateHook = Callable[[torch.Tensor, float, bool], torch.Tensor]
 
 
 class Loop:
     """Iterates a solver over its grid and does the bookkeeping after each step.
 
-    With `replace`, the state is modified after every step before anything else looks at it:
-    `done` overwrites the solver's state tensor in place with replace(x, t_{i+1}, last step?),
-    so the solver continues from the replaced state without knowing about it; `start`
-    returns a replaced copy of the initial state (the caller's tensor is never written).
+    With `state_hook`, the state is modified after every step before anything else looks at
+    it (DPM-Solver's `correcting_xt_fn`): `done` overwrites the solver's state tensor in place
+    with state_hook(x, t_{i+1}, last step?), so the solver continues from the modified state
+    without knowing about it; `start` returns a modified copy of the initial state (the caller's
+    tensor is never written).
     """
 
     def __init__(
         self,
         ts: torch.Tensor,
+        sde: Optional[SDE] = None,
         callback: Optional[Callable[[dict], None]] = None,
         progress: bool = False,
         record: bool = False,
         desc: str = "sampling",
-        replace: Optional[Replace] = None,
+        state_hook: Optional[StateHook] = None,
     ):
         self.ts = ts
+        self.sde = sde
         self._t = ts.tolist()
+        self._grid: Optional[Grid] = None
         #: check for non-finite states at the end instead of after every step (default: on
         #: accelerators, where a per-step check is a host-device synchronization)
         self.deferred_check: Optional[bool] = None
         self._first_bad: Optional[torch.Tensor] = None
         self.callback = callback
-        self.replace = replace
+        self.state_hook = state_hook
         self.trajectory: Optional[List[torch.Tensor]] = [] if record else None
         self._bar = None
         if progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=len(ts) - 1, desc=desc)
+
+    @property
+    def grid(self) -> Grid:
+        """The grid's coefficients under the loop's SDE (computed once)."""
+        if self._grid is None:
+            if self.sde is None:
+                raise ValueError("this Loop was built without an sde; pass Loop(ts, sde=...) to use its grid")
+            self._grid = Grid.of(self.sde, self.ts)
+        return self._grid
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._t) - 1
+
+    def is_last(self, i: int) -> bool:
+        """Whether step i is the final step of the grid."""
+        return i == len(self._t) - 2
 
     def steps(self) -> Iterator[Tuple[int, float, float]]:
         """(i, t_i, t_{i+1}) for each step, times as Python floats."""
@@ -75,19 +152,19 @@ class Loop:
             yield i, t[i], t[i + 1]
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
-        """The initial state (replaced, as a new tensor, when the loop has `replace`)."""
-        if self.replace is not None:
-            x = self.replace(x, self._t[0], False)
+        """The initial state (modified, as a new tensor, when the loop has a state hook)."""
+        if self.state_hook is not None:
+            x = self.state_hook(x, self._t[0], False)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())
         return x
 
     def done(self, i: int, x: torch.Tensor, x0_pred: Optional[torch.Tensor] = None) -> None:
-        """After step i (now at time ts[i+1]): replace (in place), stop on non-finite values,
-        record, call back."""
+        """After step i (now at time ts[i+1]): apply the state hook (in place), stop on
+        non-finite values, record, call back."""
         t = self._t[i + 1]
-        if self.replace is not None:
-            x.copy_(self.replace(x, t, i == len(self.ts) - 2))
+        if self.state_hook is not None:
+            x.copy_(self.state_hook(x, t, self.is_last(i)))
         self._check_finite(i, x)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from .. import _checks
 from .._utils import expand_as_batch
 from ._loop import Loop, NonFiniteError
 from .registry import register
@@ -14,9 +15,9 @@ from .sde import NoiseFn, _Noise
 __all__ = ["adaptive_sde"]
 
 
-@register("adaptive_sde", kind="sde", order=1, evals_per_step="adaptive",
+@register("adaptive-sde", kind="sde", order=1, evals_per_step="adaptive", step_hook=False, aliases=("adaptive_sde",),
           description="Gotta Go Fast: EM / improved-Euler pair, per-sample step sizes")
-def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise: Optional[NoiseFn] = None, rtol: float = 0.05,
+def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional[NoiseFn] = None, rtol: float = 0.05,
                  atol: float = 0.0078, h_init: float = 0.01, safety: float = 0.9, exponent: float = 0.9,
                  extrapolate: bool = True, error_control: str = "drift", max_evals: int = 100_000) -> torch.Tensor:
     """Jolicoeur-Martineau et al. 2021, Algorithm 1: each sample has its own time and step size;
@@ -32,16 +33,14 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise: Optional[No
     tests/test_sde_solvers.py: the variance of Gaussian data comes out inflated), so it is
     kept only for comparison. `h_init` is a fraction of the time span; atol and rtol default to
     the paper's values for data in [-1, 1]."""
-    for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("safety", safety), ("exponent", exponent)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0; got {value!r}")
-    if not h_init <= 1:
-        raise ValueError(f"h_init must be a fraction of the time span in (0, 1]; got {h_init!r}")
-    if error_control not in ("drift", "sde"):
-        raise ValueError(f"error_control must be 'drift' or 'sde'; got {error_control!r}")
+    rtol, atol, safety, exponent = (_checks.real(name, value, low=0, open_low=True) for name, value in
+                                    (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)))
+    h_init = _checks.real("h_init (a fraction of the time span)", h_init, 0, 1, open_low=True)
+    error_control = _checks.choice("error_control", error_control, ("drift", "sde"))
+    max_evals = _checks.integer("max_evals", max_evals, low=1)
     t_start, t_end = float(ts[0]), float(ts[-1])
     batch = x.shape[0]
-    draw = _Noise(generator, noise)
+    draw = _Noise(generator, noise_fn)
     reverse = model.sde.reverse(model.score)
     opts = dict(dtype=torch.float64, device=x.device)
     t = torch.full((batch,), t_start, **opts)

@@ -5,18 +5,20 @@ so it includes every evaluation the library made, rejected steps and Jacobian es
 from __future__ import annotations
 
 import itertools
+from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch
 
+from .. import _checks
 from ..model import ScoreModel
 from ._loop import Loop, NonFiniteError
 from .ode import pf_velocity
 from .registry import register
 
 __all__ = [
-    "torchdiffeq_ode", "scipy_ode", "torchsde_sde", "TORCHDIFFEQ_FIXED", "TORCHDIFFEQ_ADAPTIVE", "SCIPY_METHODS",
-    "TORCHSDE_METHODS",
+    "odeint_in_range", "torchdiffeq_ode", "scipy_ode", "torchsde_sde", "TORCHDIFFEQ_FIXED", "TORCHDIFFEQ_ADAPTIVE",
+    "SCIPY_METHODS", "TORCHSDE_METHODS",
 ]
 
 TORCHDIFFEQ_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -27,11 +29,44 @@ SCIPY_METHODS = ("RK45", "RK23", "DOP853", "LSODA", "Radau", "BDF")
 
 def _check_tolerances(rtol: float, atol: float) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0; got {value!r}")
+        _checks.real(name, value, low=0, open_low=True)
 
 
-@register("torchdiffeq", kind="ode", order=5, evals_per_step="adaptive", description="torchdiffeq.odeint (any method)")
+#: a state torchdiffeq integrates: one tensor or a tuple of them
+State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+def odeint_in_range(
+    func: Callable[[torch.Tensor, State], State],
+    y0: State,
+    t_span: Tuple[float, float],
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    options: dict | None = None,
+    t_dtype: torch.dtype = torch.float64,
+) -> State:
+    """y(t1) of dy/dt = func(t, y), y(t0) = y0, with (t0, t1) = t_span in either direction, by
+    torchdiffeq's adaptive `method` under rtol/atol; y0 (and the result) a tensor or a tuple.
+
+    func is never evaluated outside [t0, t1], where an SDE may be undefined: torchdiffeq's
+    automatic first step probes ahead of t0 and its steps may overshoot t1, so the first step is
+    1e-3 |t1 - t0| and steps stop at t1 (`first_step`, `step_t`; `options` may override them).
+    t0 and t1 reach torchdiffeq as a `t_dtype` tensor on y0's device."""
+    import torchdiffeq
+
+    method = _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE)
+    device = (y0[0] if isinstance(y0, tuple) else y0).device
+    t = torch.tensor([float(t_span[0]), float(t_span[1])], dtype=t_dtype, device=device)
+    options = dict(options or {})
+    options.setdefault("first_step", 1e-3 * abs(float(t_span[1]) - float(t_span[0])))
+    options.setdefault("step_t", t[[-1]])
+    path = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, options=options)
+    return tuple(p[-1] for p in path) if isinstance(path, tuple) else path[-1]
+
+
+@register("torchdiffeq", kind="ode", order=5, evals_per_step="adaptive", step_hook=False, description="torchdiffeq.odeint (any method)")
 def torchdiffeq_ode(
     model: ScoreModel,
     x: torch.Tensor,
@@ -47,30 +82,24 @@ def torchdiffeq_ode(
     step on the schedule `ts`."""
     import torchdiffeq
 
-    if method not in TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED:
-        raise ValueError(f"method={method!r} is not valid; choose one of: {', '.join(TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED)}")
+    _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED)
     _check_tolerances(rtol, atol)
-    fixed = method in TORCHDIFFEQ_FIXED
-    t_eval = ts if fixed else ts[[0, -1]]
 
     def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pf_velocity(model, y, float(t))
 
-    options = dict(options or {})
-    if not fixed:
-        # never evaluate outside [t_end, T]: torchdiffeq's automatic first step probes ahead of
-        # the start and its steps may overshoot the end, where the SDE is not defined
-        span = float(ts[0] - ts[-1])
-        options.setdefault("first_step", 1e-3 * span)
-        options.setdefault("step_t", ts[[-1]])
-    path = torchdiffeq.odeint(func, x, t_eval.to(x.device), method=method, rtol=rtol, atol=atol, options=options)
-    points = range(len(ts) - 1) if fixed else [len(ts) - 2]
-    for i, state in zip(points, path[1:]):
+    if method in TORCHDIFFEQ_ADAPTIVE:
+        x = odeint_in_range(func, x, (float(ts[0]), float(ts[-1])), method=method, rtol=rtol, atol=atol,
+                            options=options)
+        loop.done(len(ts) - 2, x)
+        return x
+    path = torchdiffeq.odeint(func, x, ts.to(x.device), method=method, rtol=rtol, atol=atol, options=dict(options or {}))
+    for i, state in enumerate(path[1:]):
         loop.done(i, state)
     return path[-1]
 
 
-@register("scipy", kind="ode", order=5, evals_per_step="adaptive", description="scipy.integrate.solve_ivp")
+@register("scipy", kind="ode", order=5, evals_per_step="adaptive", step_hook=False, description="scipy.integrate.solve_ivp")
 def scipy_ode(
     model: ScoreModel,
     x: torch.Tensor,
@@ -86,8 +115,7 @@ def scipy_ode(
     not a fast one."""
     from scipy.integrate import solve_ivp
 
-    if method not in SCIPY_METHODS:
-        raise ValueError(f"method={method!r} is not valid; choose one of: {', '.join(SCIPY_METHODS)}")
+    _checks.choice("method", method, SCIPY_METHODS)
     _check_tolerances(rtol, atol)
     shape, dtype, device = x.shape, x.dtype, x.device
 
@@ -129,7 +157,7 @@ class _TorchsdeReverse(torch.nn.Module):
         return self.reverse.diffusion(x, -float(s)).expand(self.shape).reshape(y.shape)
 
 
-@register("torchsde", kind="sde", order=1, evals_per_step=1, default_schedule="uniform", extra_evals=1,
+@register("torchsde", kind="sde", order=1, evals_per_step=1, default_schedule="uniform", extra_evals=1, step_hook=False,
           description="torchsde.sdeint on the reverse SDE (diagonal noise)")
 def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, generator=None,
                  method: str = "euler", bm=None) -> torch.Tensor:
@@ -141,7 +169,7 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
     import torchsde
 
     if method not in TORCHSDE_METHODS:
-        raise ValueError(f"method={method!r} is not valid for diagonal noise; choose one of: {', '.join(TORCHSDE_METHODS)}")
+        raise _checks.fail("method", "a torchsde method for diagonal noise, one of: " + ", ".join(TORCHSDE_METHODS), method)
     steps = len(ts) - 1
     dt = float(ts[0] - ts[-1]) / steps
     if not torch.allclose(ts[:-1] - ts[1:], torch.full((steps,), dt, dtype=ts.dtype), rtol=1e-9, atol=0):

@@ -4,7 +4,8 @@ The linear part of the ODE is solved exactly; only the network term is approxima
 2022a, eq. 3.4): x_t = (alpha_t/alpha_s) x_s - alpha_t int_s^t e^{-lambda} eps dlambda, or in
 data prediction x_t = (sigma_t/sigma_s) x_s + sigma_t int_s^t e^{lambda} x0 dlambda.
 `ipndm` and `deis` work in y = x/alpha against sigma_hat = sigma/alpha = e^{-lambda}, where
-the ODE is dy/dsigma_hat = eps. All need an affine SDE.
+the ODE is dy/dsigma_hat = eps. All need an affine SDE. Multistep solvers take `history`, the
+number of evaluations one step combines (the newest included).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Callable, List
 import numpy as np
 import torch
 
+from .. import _checks
 from ..model import ScoreModel
-from ._loop import Grid, Loop
+from ._loop import Grid, History, Loop, multistep_order
 from .registry import register
 
 __all__ = [
@@ -23,28 +25,11 @@ __all__ = [
     "ddim_update", "dpm_multistep_update",
 ]
 
-#: multistep solvers drop to lower order on their final steps when there are fewer steps than
-#: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps
-LOWER_ORDER_FINAL_BELOW = 15
-
-
-def _order_at(i: int, steps: int, order: int, lower_order_final: bool) -> int:
-    """Order of multistep step i (0-based): warm-up from 1, and tapering at the end."""
-    p = min(order, i + 1)
-    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
-        p = min(p, steps - i)
-    return p
-
-
-def _check_order(order: int, allowed: range) -> None:
-    if order not in allowed:
-        raise ValueError(f"order must be one of {list(allowed)}; got {order!r}")
-
 
 @register("ddim", kind="ode", order=1, evals_per_step=1, affine=True, description="DDIM = DPM-Solver-1")
 def ddim(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
     # Song et al. 2021 (DDIM, eta = 0) = Lu et al. 2022a, eq. 3.7, in data-prediction form
-    g = Grid.of(model.sde, ts)
+    g = loop.grid
     for i, t, t_next in loop.steps():
         x0_pred = model.x0(x, t)
         x = ddim_update(g, i, x, x0_pred)
@@ -55,24 +40,16 @@ def ddim(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> to
 def ddim_update(g: Grid, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
     """One DDIM step from g.t[i] to g.t[i+1] given the data prediction at g.t[i]: the first-order
     term every data-prediction solver here starts from (and `scoresde.interop` steps with)."""
-    h = g.lam[i + 1] - g.lam[i]
-    return (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-h)) * x0_pred
-
-
-def _intermediate(model: ScoreModel, lam: float):
-    """(t, alpha, sigma) at log-SNR lam, as floats."""
-    sde = model.sde
-    t = sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
-    return float(t), float(sde.alpha(t)), float(sde.sigma(t))
+    return (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-g.h(i))) * x0_pred
 
 
 @register("dpm-solver-2", kind="ode", order=2, evals_per_step=2, affine=True, description="single-step DPM-Solver-2")
 def dpm_solver_2(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
     # Lu et al. 2022a, Algorithm 1 (DPM-Solver-2, r1 = 1/2), noise prediction
-    g, r1 = Grid.of(model.sde, ts), 0.5
+    g, r1 = loop.grid, 0.5
     for i, t, t_next in loop.steps():
-        h = g.lam[i + 1] - g.lam[i]
-        s1, alpha_s1, sigma_s1 = _intermediate(model, g.lam[i] + r1 * h)
+        h = g.h(i)
+        s1, alpha_s1, sigma_s1 = g.at_lambda(g.lam[i] + r1 * h)
         eps_s = model.eps(x, t)
         u = (alpha_s1 / g.alpha[i]) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
         eps_s1 = model.eps(u, s1)
@@ -85,12 +62,12 @@ def dpm_solver_2(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
 @register("dpm-solver-3", kind="ode", order=3, evals_per_step=3, affine=True, description="single-step DPM-Solver-3")
 def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
     # Lu et al. 2022a, Algorithm 2 (DPM-Solver-3, r1 = 1/3, r2 = 2/3), noise prediction
-    g, r1, r2 = Grid.of(model.sde, ts), 1 / 3, 2 / 3
+    g, r1, r2 = loop.grid, 1 / 3, 2 / 3
     for i, t, t_next in loop.steps():
         a_s, a_t, sigma_t = g.alpha[i], g.alpha[i + 1], g.sigma[i + 1]
-        h = g.lam[i + 1] - g.lam[i]
-        s1, a_s1, sigma_s1 = _intermediate(model, g.lam[i] + r1 * h)
-        s2, a_s2, sigma_s2 = _intermediate(model, g.lam[i] + r2 * h)
+        h = g.h(i)
+        s1, a_s1, sigma_s1 = g.at_lambda(g.lam[i] + r1 * h)
+        s2, a_s2, sigma_s2 = g.at_lambda(g.lam[i] + r2 * h)
         eps_s = model.eps(x, t)
         u1 = (a_s1 / a_s) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
         d1 = model.eps(u1, s1) - eps_s
@@ -105,39 +82,40 @@ def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
     return x
 
 
-@register("dpm++2m", kind="ode", order=2, evals_per_step=1, affine=True, defaults={"order": 2},
+@register("dpm++2m", kind="ode", order=2, evals_per_step=1, affine=True, defaults={"history": 2},
           description="multistep DPM-Solver++(2M)")
-@register("dpm++3m", kind="ode", order=3, evals_per_step=1, affine=True, defaults={"order": 3},
+@register("dpm++3m", kind="ode", order=3, evals_per_step=1, affine=True, defaults={"history": 3},
           description="multistep DPM-Solver++(3M)")
 def dpm_multistep(
-    model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 2, lower_order_final: bool = True
+    model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 2,
+    lower_order_final: bool = True
 ) -> torch.Tensor:
     # Lu et al. 2022b, Algorithm 2 (2M) and its third-order extension, data prediction
-    _check_order(order, range(1, 4))
-    g, steps = Grid.of(model.sde, ts), len(ts) - 1
-    x0_hist: List[torch.Tensor] = []
+    history = _checks.integer("history", history, 1, 3)
+    g, x0s = loop.grid, History(history)
     for i, t, t_next in loop.steps():
-        x0_hist = (x0_hist + [model.x0(x, t)])[-3:]
-        x = dpm_multistep_update(g, i, x, x0_hist, _order_at(i, steps, order, lower_order_final))
-        loop.done(i, x, x0_hist[-1])
+        x0s.push(g.lam[i], model.x0(x, t))
+        x = dpm_multistep_update(g, i, x, x0s, multistep_order(i, loop.num_steps, history, lower_order_final))
+        loop.done(i, x, x0s.values[-1])
     return x
 
 
-def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0_hist: List[torch.Tensor], p: int) -> torch.Tensor:
-    """One DPM-Solver++(pM) step from g.t[i] to g.t[i+1]; x0_hist holds the data predictions
-    at g.t[i-p+1], ..., g.t[i] (newest last). p = 1 is DDIM."""
+def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int) -> torch.Tensor:
+    """One DPM-Solver++(pM) step from g.t[i] to g.t[i+1]; `x0s` holds the data predictions,
+    the newest at g.t[i], with their log-SNRs (at least p of them). p = 1 is DDIM."""
+    x0_hist, lam = x0s.values, x0s.lam
     x0_pred = x0_hist[-1]
-    h = g.lam[i + 1] - g.lam[i]
+    h = g.h(i)
     phi_1 = math.expm1(-h)
     a_t = g.alpha[i + 1]
     x_next = ddim_update(g, i, x, x0_pred)
     if p >= 2:
-        r0 = (g.lam[i] - g.lam[i - 1]) / h
+        r0 = (lam[-1] - lam[-2]) / h
         d1_0 = (x0_pred - x0_hist[-2]) / r0
     if p == 2:
         x_next = x_next - (0.5 * a_t * phi_1) * d1_0
     elif p == 3:
-        r1 = (g.lam[i - 1] - g.lam[i - 2]) / h
+        r1 = (lam[-2] - lam[-3]) / h
         d1_1 = (x0_hist[-2] - x0_hist[-3]) / r1
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h x0'
         d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0''
@@ -177,65 +155,63 @@ def unipc(
     ts: torch.Tensor,
     loop: Loop,
     *,
-    order: int = 2,
+    history: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
     lower_order_final: bool = True,
 ) -> torch.Tensor:
-    # Zhao et al. 2023, Algorithms 2-3 (UniPC-p with B(h) = h or e^h - 1), data prediction.
-    # The corrector reuses the evaluation at the predicted point, so it costs no extra NFE
-    # and UniPC-p with the corrector has order p + 1.
-    _check_order(order, range(1, 4))
-    if variant not in ("bh1", "bh2"):
-        raise ValueError(f"variant must be 'bh1' or 'bh2'; got {variant!r}")
-    g, steps = Grid.of(model.sde, ts), len(ts) - 1
-    lam_hist, x0_hist = [g.lam[0]], [model.x0(x, g.t[0])]
+    # Zhao et al. 2023, Algorithms 2-3 (UniPC-p with B(h) = h or e^h - 1, p = history), data
+    # prediction. The corrector reuses the evaluation at the predicted point, so it costs no
+    # extra NFE and UniPC-p with the corrector has order p + 1.
+    history = _checks.integer("history", history, 1, 3)
+    variant = _checks.choice("variant", variant, ("bh1", "bh2"))
+    g, x0s = loop.grid, History(3)
+    x0s.push(g.lam[0], model.x0(x, g.t[0]))
     for i, t, t_next in loop.steps():
-        p = _order_at(i, steps, order, lower_order_final)
-        h = g.lam[i + 1] - g.lam[i]
+        p = multistep_order(i, loop.num_steps, history, lower_order_final)
+        lam_hist, x0_hist = x0s.lam, x0s.values
+        h = g.h(i)
         rks = [(lam_hist[-(k + 1)] - lam_hist[-1]) / h for k in range(1, p)]
         d1s = [(x0_hist[-(k + 1)] - x0_hist[-1]) / rk for k, rk in zip(range(1, p), rks)]
         b_h, rhos_p, rhos_c = _unipc_coefficients(rks, h, variant)
         a_t = g.alpha[i + 1]
         x_base = ddim_update(g, i, x, x0_hist[-1])
         x = x_base - (a_t * b_h) * sum((rho * d for rho, d in zip(rhos_p, d1s)), torch.zeros_like(x))
-        if i < steps - 1:
+        if not loop.is_last(i):
             x0_next = model.x0(x, t_next)
             if corrector:
                 corr = sum((rho * d for rho, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (x0_next - x0_hist[-1]))
                 x = x_base - (a_t * b_h) * corr
-            lam_hist, x0_hist = (lam_hist + [g.lam[i + 1]])[-3:], (x0_hist + [x0_next])[-3:]
-        loop.done(i, x, x0_hist[-1])
+            x0s.push(g.lam[i + 1], x0_next)
+        loop.done(i, x, x0s.values[-1])
     return x
 
 
 _ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
-def _sigma_hat_multistep(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, order: int,
+def _sigma_hat_multistep(model: ScoreModel, x: torch.Tensor, loop: Loop, history: int,
                          weights: Callable[[List[float], int, int], List[float]]) -> torch.Tensor:
     """Adams-Bashforth in y = x/alpha against sigma_hat: y_{i+1} = y_i + sum_k w_k eps_{i-k},
     with w = weights(sigma_hat, i, number of eps values so far), lower order for the first steps."""
-    _check_order(order, range(1, 5))
-    g = Grid.of(model.sde, ts)
-    sigma_hat = [math.exp(-lam) for lam in g.lam]
-    eps_hist: List[torch.Tensor] = []
+    history = _checks.integer("history", history, 1, 4)
+    g, eps = loop.grid, History(history)
     for i, t, t_next in loop.steps():
-        eps_hist = ([model.eps(x, t)] + eps_hist)[:order]
-        w = weights(sigma_hat, i, len(eps_hist))
-        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, eps_hist)))
+        eps.push(g.lam[i], model.eps(x, t))
+        w = weights(g.sigma_hat, i, len(eps))
+        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, reversed(eps.values))))
         loop.done(i, x)
     return x
 
 
 @register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True,
           description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
-def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 4) -> torch.Tensor:
+def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 4) -> torch.Tensor:
     # Zhang & Chen 2023 (DEIS), iPNDM: Adams-Bashforth with equal-step weights on eps
     def weights(sigma_hat, i, k):
         return [(sigma_hat[i + 1] - sigma_hat[i]) * c for c in _ADAMS_BASHFORTH[k]]
 
-    return _sigma_hat_multistep(model, x, ts, loop, order, weights)
+    return _sigma_hat_multistep(model, x, loop, history, weights)
 
 
 def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]:
@@ -252,10 +228,10 @@ def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]
 
 
 @register("deis", kind="ode", order=3, evals_per_step=1, affine=True, description="rho-AB-DEIS (variable-step AB)")
-def deis(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, order: int = 3) -> torch.Tensor:
+def deis(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 3) -> torch.Tensor:
     # Zhang & Chen 2023, rhoAB-DEIS: eps extrapolated by the Lagrange polynomial through the
-    # last `order` points in rho = sigma_hat and integrated exactly over the step
+    # last `history` points in rho = sigma_hat and integrated exactly over the step
     def weights(sigma_hat, i, k):
         return _lagrange_integrals([sigma_hat[i - j] for j in range(k)], sigma_hat[i], sigma_hat[i + 1])
 
-    return _sigma_hat_multistep(model, x, ts, loop, order, weights)
+    return _sigma_hat_multistep(model, x, loop, history, weights)

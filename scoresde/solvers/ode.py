@@ -28,12 +28,11 @@ def euler(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> t
 @register("heun", kind="ode", order=2, evals_per_step=2, extra_evals=-1, description="EDM's 2nd-order Heun, last step Euler")
 def heun(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> torch.Tensor:
     # Karras et al. 2022, Algorithm 1 (deterministic)
-    last = len(ts) - 2
     for i, t, t_next in loop.steps():
         h = t_next - t
         d = pf_velocity(model, x, t)
         x_euler = x + h * d  # Euler step
-        if i == last:
+        if loop.is_last(i):
             x = x_euler
         else:  # apply 2nd order correction
             x = x + 0.5 * h * (d + pf_velocity(model, x_euler, t_next))

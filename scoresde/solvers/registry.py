@@ -1,16 +1,29 @@
-"""One registry of samplers: name -> function and facts (kind, order, evaluations per step).
+"""One registry of samplers: name -> function and facts (kind, order and its kind, evaluations
+per step, aliases).
 
 A solver is a function `fn(model, x, ts, loop, **options) -> x` that integrates from ts[0]
 down to ts[-1] (a descending float64 grid) and calls `loop.done(i, x)` after each step.
-SDE solvers also take a `generator` keyword for their noise.
+SDE solvers also take a `generator` keyword for their noise. Names are lower case with
+hyphens (`dpm++2m-sde`); older spellings are aliases that `get` resolves.
 """
 from __future__ import annotations
 
 import inspect
+import numbers
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-__all__ = ["SolverInfo", "register", "get", "available"]
+from .. import _checks
+
+__all__ = ["SolverInfo", "register", "get", "available", "ORDER_KINDS"]
+
+#: what a registered order measures: global error of an ODE solution, weak (moments) or
+#: strong (paths) error of an SDE solution
+ORDER_KINDS = ("global", "weak", "strong")
+
+#: network evaluations per step: a number, "adaptive", or a function of the solver's options
+Evals = Union[int, str, Callable[[Mapping[str, object]], int]]
 
 
 @dataclass(frozen=True)
@@ -18,13 +31,21 @@ class SolverInfo:
     name: str
     fn: Callable
     kind: str  # "ode" (deterministic probability flow) or "sde" (stochastic)
-    order: int  # with default options: global order (ODE solvers), weak order (SDE solvers); tested
-    evals_per_step: Union[int, str]  # network evaluations per step, or "adaptive"
+    order: int  # convergence order with default options, of kind `order_kind`; tested
+    order_kind: str  # "global" (ODE solvers), "weak" or "strong" (SDE solvers)
+    evals_per_step: Union[int, str]  # with default options: a number, or "adaptive"
     affine: bool  # needs an affine SDE (alpha, sigma, log-SNR)
     description: str = ""
     defaults: Dict[str, object] = field(default_factory=dict)  # option values this name implies
     default_schedule: Optional[str] = None  # the schedule it needs by default, if not the SDE's
     extra_evals: int = 0  # evaluations beyond steps x evals_per_step (Heun's Euler last step: -1)
+    step_hook: bool = True  # calls loop.done after each of its own steps (a state hook can act)
+    aliases: tuple = ()
+    evals_fn: Optional[Callable[[Mapping[str, object]], int]] = None  # evaluations per step of the options
+
+    @property
+    def adaptive(self) -> bool:
+        return self.evals_per_step == "adaptive"
 
     @property
     def options(self) -> List[str]:
@@ -32,51 +53,82 @@ class SolverInfo:
         params = inspect.signature(self.fn).parameters
         return [p for p in params if p != "generator" and params[p].kind == inspect.Parameter.KEYWORD_ONLY]
 
-    def steps_for_nfe(self, nfe: int) -> int:
-        """The largest step count whose evaluations fit in `nfe` (for a fixed-step solver)."""
-        if self.evals_per_step == "adaptive":
+    def resolve(self, options: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
+        """Every option's value: the function's defaults, then this name's, then `options`."""
+        params = inspect.signature(self.fn).parameters
+        own = {p: params[p].default for p in self.options if params[p].default is not inspect.Parameter.empty}
+        return {**own, **self.defaults, **(options or {})}
+
+    def evals(self, options: Optional[Mapping[str, object]] = None) -> int:
+        """Network evaluations per step with `options` (on top of the defaults)."""
+        if self.adaptive:
             raise ValueError(f"solver {self.name!r} is adaptive; its NFE is not set by steps")
-        return max((nfe - self.extra_evals) // int(self.evals_per_step), 1)
+        if self.evals_fn is not None:
+            return int(self.evals_fn(self.resolve(options)))
+        return int(self.evals_per_step)
+
+    def nfe(self, steps: int, options: Optional[Mapping[str, object]] = None) -> int:
+        """Evaluations of `steps` steps (what the model will count)."""
+        return steps * self.evals(options) + self.extra_evals
+
+    def steps_for_nfe(self, nfe: int, options: Optional[Mapping[str, object]] = None) -> int:
+        """The largest step count whose evaluations fit in `nfe`: the one NFE-budget policy
+        (never over the budget). Refuses a budget below one step's cost."""
+        per = self.evals(options)
+        lowest = max(per + self.extra_evals, 1)
+        if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < lowest:
+            raise _checks.fail("nfe", f"an integer >= {lowest} (one step of solver {self.name!r})", nfe)
+        return (int(nfe) - self.extra_evals) // per
 
 
 _REGISTRY: Dict[str, SolverInfo] = {}
+_ALIASES: Dict[str, str] = {}
 
 
 def register(
     name: str,
     kind: str,
     order: int,
-    evals_per_step: Union[int, str],
+    evals_per_step: Evals,
     affine: bool = False,
     description: str = "",
     defaults: Optional[Dict[str, object]] = None,
     default_schedule: Optional[str] = None,
     extra_evals: int = 0,
+    order_kind: Optional[str] = None,
+    step_hook: bool = True,
+    aliases: Sequence[str] = (),
 ) -> Callable[[Callable], Callable]:
-    """Decorator adding `fn` to the registry under `name`. `defaults` are option values this
-    name implies, so one function can serve several names (e.g. 'dpm++2m' and 'dpm++3m');
-    a caller may still override them."""
-    if kind not in ("ode", "sde"):
-        raise ValueError(f"kind must be 'ode' or 'sde'; got {kind!r}")
+    """Decorator adding `fn` to the registry under `name` (and its `aliases`). `defaults` are
+    option values this name implies, so one function can serve several names (e.g. 'dpm++2m'
+    and 'dpm++3m'); a caller may still override them. `order_kind` defaults to 'global' for
+    ODE and 'weak' for SDE solvers."""
+    kind = _checks.choice("kind", kind, ("ode", "sde"))
+    order_kind = _checks.choice("order_kind", order_kind or ("global" if kind == "ode" else "weak"), ORDER_KINDS)
 
     def wrap(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"a solver named {name!r} is already registered")
-        _REGISTRY[name] = SolverInfo(
-            name, fn, kind, order, evals_per_step, affine, description, dict(defaults or {}), default_schedule,
-            extra_evals,
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"a solver named {key!r} is already registered")
+        evals_fn = evals_per_step if callable(evals_per_step) else None
+        info = SolverInfo(
+            name, fn, kind, order, order_kind, 0 if evals_fn else evals_per_step, affine, description,
+            dict(defaults or {}), default_schedule, extra_evals, step_hook, tuple(aliases), evals_fn,
         )
+        if evals_fn is not None:  # the count with default options, for readers of evals_per_step
+            info = dataclasses.replace(info, evals_per_step=info.evals())
+        _REGISTRY[name] = info
+        _ALIASES.update({alias: name for alias in aliases})
         return fn
 
     return wrap
 
 
 def get(name: str) -> SolverInfo:
-    if name not in _REGISTRY:
-        raise ValueError(f"solver={name!r} is not valid; choose one of: {', '.join(available())}")
-    return _REGISTRY[name]
+    """The solver registered as `name` or under an older alias of it."""
+    return _REGISTRY[_checks.choice("solver", name, _REGISTRY, _ALIASES)]
 
 
 def available(kind: Optional[str] = None) -> List[str]:
-    """Registered solver names, optionally only those of one kind ('ode' or 'sde')."""
+    """Canonical solver names, optionally only those of one kind ('ode' or 'sde')."""
     return [n for n, info in _REGISTRY.items() if kind is None or info.kind == kind]

@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..guidance import Inpainting
+from .. import _checks
 from ..model import ScoreModel
-from ..schedules import OptimizedSchedule, ScheduleSpec, get_schedule
+from ..schedules import GridProvider, ScheduleSpec, get_schedule
 from ..sde import SDE
-from ._loop import Loop
-from .registry import get
+from ._loop import Loop, StateHook
+from .hooks import Inpainting
+from .registry import available, get
 
-__all__ = ["sample", "SampleResult", "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFAULT_STEPS"]
+__all__ = ["sample", "SampleResult", "DEFAULT_SOLVER", "DEFAULT_SCHEDULE", "DEFAULT_STEPS", "RENAMED_OPTIONS"]
 
 DEFAULT_SOLVER = "ipndm"  # most accurate at 10 NFE in benchmarks/ode_solvers.py (README)
 DEFAULT_SCHEDULE = "logsnr"
 DEFAULT_STEPS = 10
-#: solvers that integrate inside a backend or choose their own steps: a per-step replacement
-#: of the state (inpainting) cannot act on them
-NO_STEP_HOOK = ("torchdiffeq", "scipy", "torchsde", "adaptive_sde")
+#: solver options renamed in 0.2 -> their new names (an old name is refused with the new one)
+RENAMED_OPTIONS = {"order": "history", "noise": "noise_fn"}
 
 
 @dataclass
@@ -44,7 +44,7 @@ def sample(
     shape: Optional[Sequence[int]] = None,
     x_T: Optional[torch.Tensor] = None,
     solver: str = DEFAULT_SOLVER,
-    steps: Optional[int] = DEFAULT_STEPS,
+    steps: Optional[int] = None,
     schedule: Union[ScheduleSpec, None] = None,
     t_end: Optional[float] = None,
     denoise: bool = False,
@@ -56,6 +56,8 @@ def sample(
     device: Union[str, torch.device, None] = None,
     enable_grad: bool = False,
     inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    state_hook: Optional[StateHook] = None,
+    schedule_options: Optional[Dict[str, object]] = None,
     **solver_options,
 ) -> SampleResult:
     """Draw samples by integrating from T down to t_end with a registered solver.
@@ -64,59 +66,69 @@ def sample(
         model: the ScoreModel (or a guided wrapper); its `sde` is used when `sde` is None.
         shape: (B, *data_shape) when `x_T` is not given; x_T is then drawn from the prior with
             `generator` (in `dtype` on `device`, default float32 on the generator's device).
-        solver: a name from `scoresde.solvers.available()`.
-        steps: number of solver steps (each costs the solver's evals_per_step evaluations);
-            ignored by adaptive solvers.
-        schedule: 'uniform', 'quadratic', 'logsnr', 'karras', a descending list of times, or an
-            `OptimizedSchedule` (`scoresde.schedules.optimize`; it must be used with the SDE and
-            solver it was tuned for) (default: the solver's own if it needs one, else
-            DEFAULT_SCHEDULE for affine SDEs, 'uniform' otherwise).
+        solver: a name from `scoresde.solvers.available()` (or an older alias of one).
+        steps: number of solver steps (each costs the solver's evaluations per step); default
+            DEFAULT_STEPS, or the step count of a user grid or of a schedule that brings its own
+            (an explicit other count is refused); adaptive solvers integrate [T, t_end] by
+            themselves (a given `steps` only sets `times`, or the grid of torchdiffeq's
+            fixed-grid methods).
+        schedule: 'uniform', 'quadratic', 'logsnr', 'karras', a descending list of times, or any
+            `scoresde.schedules.GridProvider` (e.g. a tuned schedule of `scoresde.tuning`, which
+            checks the SDE and solver it was tuned for) (default: the solver's own if it needs
+            one, else DEFAULT_SCHEDULE for affine SDEs, 'uniform' otherwise).
+        schedule_options: options of a named schedule, e.g. {'rho': 5.0} for 'karras'.
         t_end: last time of the grid, default sde.t_eps.
         denoise: finish with one extra evaluation returning the posterior mean E[x0 | x_t_end]
             (Tweedie); it is counted in nfe.
         callback: called after every step with {'i', 't', 'x', 'x0_pred'}.
         enable_grad: keep the autograd graph (e.g. to optimize a schedule); off by default.
+        state_hook: hook(x, t, last) -> x, applied to the state after every step (and to x_T);
+            any solver that steps on the grid itself (SolverInfo.step_hook).
         inpaint: (known (B, *shape), mask (bool, (B, *shape) or (*shape), True = known)):
-            impute the unknown part by the replacement method (`scoresde.guidance`, Song et al.
-            2021, App. I.2): after every step the known part becomes a forward-noised copy of
-            `known` (drawn with `generator`), and at the end `known` itself. Any fixed-step
-            solver; not those in NO_STEP_HOOK. Approximate: see `scoresde.guidance`.
+            shorthand for state_hook=Inpainting(sde, known, mask, generator), the replacement
+            method (Song et al. 2021, App. I.2; see `scoresde.solvers.hooks`). Approximate.
         solver_options: passed to the solver; unknown names raise ValueError.
     """
     info = get(solver)
     if sde is None:
         sde = model.sde
-    elif sde is not model.sde and repr(sde) != repr(model.sde):
-        raise ValueError(f"sde {sde!r} differs from the model's sde {model.sde!r}")
-    if info.affine and not sde.is_affine:
-        raise ValueError(f"solver {solver!r} needs an affine SDE (alpha, sigma, log-SNR); {type(sde).__name__} is not")
+    else:
+        _checks.same_sde(sde, model.sde)
+    if info.affine:
+        _checks.affine(sde, f"solver {info.name!r}")
+    _checks.renamed({k: v for k, v in solver_options.items() if k not in info.options}, RENAMED_OPTIONS,
+                    f"options of solver {info.name!r}")
     unknown = set(solver_options) - set(info.options) - ({"generator"} if info.kind == "sde" else set())
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(sorted(unknown))} for solver {solver!r}; "
+        raise _checks.ArgumentError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for solver {info.name!r}; "
             f"it accepts: {', '.join(info.options) or 'no options'}"
         )
     if schedule is None:
         schedule = info.default_schedule or (DEFAULT_SCHEDULE if sde.is_affine else "uniform")
-    if info.evals_per_step == "adaptive" and isinstance(schedule, str) and steps is None:
-        steps = 1
-    if isinstance(schedule, OptimizedSchedule) and steps == DEFAULT_STEPS:
-        steps = None  # it brings its own step count; only an explicit other count is refused
-    ts = get_schedule(schedule, sde, steps, t_end, solver=solver)
+    if steps is None and isinstance(schedule, str):
+        steps = 1 if info.adaptive else DEFAULT_STEPS  # a user grid or a GridProvider has its own
+    ts = get_schedule(schedule, sde, steps, t_end, solver=info.name, **(schedule_options or {}))
     x = _initial_state(sde, shape, x_T, generator, dtype, device)
-    replace = None
     if inpaint is not None:
-        if solver in NO_STEP_HOOK:
-            raise ValueError(f"inpaint works with fixed-step solvers; solver={solver!r} is one of {', '.join(NO_STEP_HOOK)}")
+        if state_hook is not None:
+            raise _checks.ArgumentError("give inpaint=(known, mask) or state_hook, not both")
         if not (isinstance(inpaint, (tuple, list)) and len(inpaint) == 2):
-            raise ValueError("inpaint must be a pair (known, mask)")
-        replace = Inpainting(sde, *inpaint, generator=generator)
-        replace.check_state(x)
+            raise _checks.fail("inpaint", "a pair (known, mask)", inpaint)
+        state_hook = Inpainting(sde, *inpaint, generator=generator)
+    if state_hook is not None:
+        if not info.step_hook:
+            without = ", ".join(n for n in available() if not get(n).step_hook)
+            raise _checks.fail("solver", f"one that steps on the grid itself to take inpaint or a state_hook "
+                                         f"(not {without})", info.name)
+        if hasattr(state_hook, "check_state"):
+            state_hook.check_state(x)
 
     options = {**info.defaults, **solver_options}
     if info.kind == "sde":
         options["generator"] = generator
-    loop = Loop(ts, callback=callback, progress=progress, record=return_trajectory, desc=solver, replace=replace)
+    loop = Loop(ts, sde, callback=callback, progress=progress, record=return_trajectory, desc=info.name,
+                state_hook=state_hook)
     nfe_start = model.nfe
     start = time.perf_counter()
     with torch.set_grad_enabled(enable_grad):
@@ -128,22 +140,21 @@ def sample(
             loop.close()
         if denoise:
             x = model.x0(x, float(ts[-1]))
-            if replace is not None:
-                x = replace(x, float(ts[-1]), True)
+            if state_hook is not None:
+                x = state_hook(x, float(ts[-1]), True)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # wall time of the work, not of its launch
     seconds = time.perf_counter() - start
     trajectory = torch.stack(loop.trajectory) if return_trajectory else None
-    return SampleResult(x, model.nfe - nfe_start, ts, solver, seconds, trajectory)
+    return SampleResult(x, model.nfe - nfe_start, ts, info.name, seconds, trajectory)
 
 
 def _initial_state(sde, shape, x_T, generator, dtype, device) -> torch.Tensor:
     if x_T is None:
         if shape is None:
-            raise ValueError("give either shape=(B, *data_shape) or x_T")
+            raise _checks.ArgumentError("give either shape=(B, *data_shape) or x_T")
         return sde.prior_sample(tuple(shape), generator=generator, dtype=dtype or torch.float32, device=device)
     if shape is not None and tuple(shape) != tuple(x_T.shape):
         raise ValueError(f"shape {tuple(shape)} disagrees with x_T's shape {tuple(x_T.shape)}")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains non-finite values")
+    _checks.finite("x_T", x_T)
     return x_T.to(dtype=dtype or x_T.dtype, device=device or x_T.device)

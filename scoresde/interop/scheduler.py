@@ -1,160 +1,26 @@
-"""Models and loops from the wider ecosystem: diffusers and k-diffusion conventions.
+"""scoresde solvers inside diffusers loops: `SolverScheduler` is a diffusers-scheduler-shaped
+object whose `step` is a scoresde multistep exponential integrator (DDIM, DPM-Solver++(2M/3M))
+on the `DiscreteVPSDE` of the model's chain.
 
-* `from_diffusers(unet, scheduler_or_betas)`: a network trained on a discrete DDPM chain
-  (diffusers' `UNet2DModel`, `UNet2DConditionModel`, or any `(x, timestep) -> output`) as a
-  continuous-time `ScoreModel`, so every scoresde solver runs on it.
-* `from_denoiser(fn)`: a k-diffusion / EDM denoiser D(x, sigma) as a `ScoreModel` under `EDMSDE`.
-* `SolverScheduler`: the reverse direction, a diffusers-scheduler-shaped object whose `step`
-  is a scoresde exponential integrator (DDIM, DPM-Solver++(2M/3M)), for existing diffusers loops.
-
-diffusers is optional (`pip install scoresde[diffusers]`); nothing here imports it.
+Nothing here imports diffusers: a scheduler to copy is read through its attributes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ._utils import check_choice
-from .model import ScoreModel
-from .schedules import get_schedule, validate
-from .sde import EDMSDE, DiscreteVPSDE, VPSDE
-from .solvers._loop import Grid
-from .solvers.exponential import _order_at, dpm_multistep_update
+from .. import _checks
+from ..model import ScoreModel
+from ..schedules import get_schedule, validate
+from ..sde import DiscreteVPSDE
+from ..solvers import Grid, History, multistep_order
+from ..solvers.exponential import dpm_multistep_update
+from .diffusers import PREDICTION_TYPES, chain_of, prediction_type_of
 
-__all__ = ["from_diffusers", "from_denoiser", "SolverScheduler", "SchedulerStepOutput", "PREDICTION_TYPES"]
+__all__ = ["SolverScheduler", "SchedulerStepOutput", "SCHEDULER_SOLVERS", "FINAL_SIGMAS_TYPES"]
 
-#: diffusers' `prediction_type` -> scoresde's `ScoreModel.prediction`
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-#: `from_diffusers(sde=...)`: the exact discrete VP, or the continuous VPSDE of linear betas
-DIFFUSERS_SDES = ("discrete", "vp")
-
-
-class _DiffusersNet(torch.nn.Module):
-    """net(x, t_in, **cond) for a diffusers-style model(x, timestep, **cond) whose output is a
-    tensor, a tuple (return_dict=False) or an object with `.sample` (UNet outputs)."""
-
-    def __init__(self, model: Callable, name: str):
-        super().__init__()
-        if not callable(model):
-            raise ValueError(f"{name} must be callable as {name}(x, timestep); got {type(model).__name__}")
-        self.model, self.name = model, name  # an nn.Module model is registered: its parameters are ours
-
-    def forward(self, x: torch.Tensor, t_in: torch.Tensor, **cond) -> torch.Tensor:
-        out = self.model(x, t_in, **cond)
-        out = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"{self.name} returned {shape} for input shape {tuple(x.shape)}; its output must have the "
-                "input's shape (a model with learned variance, out_channels = 2 x in_channels, needs its "
-                "first half sliced off first)"
-            )
-        return out
-
-
-class _MatchedTimestep:
-    """The float timestep whose (interpolated) noise level equals `sde`'s at t."""
-
-    def __init__(self, sde: VPSDE, discrete: DiscreteVPSDE):
-        self.sde, self.discrete = sde, discrete
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        return self.discrete.timestep(self.discrete.t_of_log_snr(self.sde.log_snr(t)))
-
-
-def _chain(scheduler_or_betas):
-    """(alphas_cumprod, betas) of a diffusers scheduler or of a 1-D sequence of betas, float64."""
-    ac = getattr(scheduler_or_betas, "alphas_cumprod", None)
-    if ac is not None:
-        betas = getattr(scheduler_or_betas, "betas", None)
-        ac = torch.as_tensor(ac, dtype=torch.float64)
-        return ac, (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]]) if betas is None else torch.as_tensor(betas).double())
-    if isinstance(scheduler_or_betas, (torch.Tensor, list, tuple)) or hasattr(scheduler_or_betas, "__array__"):
-        betas = torch.as_tensor(scheduler_or_betas, dtype=torch.float64)
-        if betas.ndim == 1:
-            return DiscreteVPSDE.from_betas(betas).alphas_cumprod, betas
-    raise ValueError(
-        f"scheduler_or_betas must be a DDPM-family diffusers scheduler with `alphas_cumprod` (DDPMScheduler, "
-        f"DDIMScheduler, DPMSolverMultistepScheduler, ...) or a 1-D sequence of betas; got "
-        f"{type(scheduler_or_betas).__name__} without `alphas_cumprod`"
-    )
-
-
-def _prediction_type(scheduler_or_betas, prediction_type: Optional[str]) -> str:
-    if prediction_type is None:
-        config = getattr(scheduler_or_betas, "config", None)
-        prediction_type = getattr(config, "prediction_type", None) or "epsilon"
-    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    return prediction_type
-
-
-def from_diffusers(
-    unet: Callable,
-    scheduler_or_betas,
-    prediction_type: Optional[str] = None,
-    sde: str = "discrete",
-) -> ScoreModel:
-    """A network trained on a discrete DDPM chain as a continuous-time `ScoreModel`.
-
-    Args:
-        unet: `unet(x, timestep, **cond)` with x (B, *shape) and float timesteps (B,) on the
-            chain's 0..N-1 scale, returning a tensor shaped like x or an object with `.sample`
-            (diffusers' UNets). Conditioning keywords given to the ScoreModel (e.g.
-            `encoder_hidden_states=`) are passed through.
-        scheduler_or_betas: a diffusers scheduler with `alphas_cumprod` (its
-            `config.prediction_type` is the default prediction type), or the N betas.
-        prediction_type: 'epsilon', 'v_prediction' or 'sample' (diffusers' names).
-        sde: 'discrete' (default): `DiscreteVPSDE` of the chain's alphas_cumprod, t in [1/N, 1];
-            'vp': `VPSDE.from_betas` (linear betas only), t in [t_eps, 1].
-
-    What is exact: under 'discrete', at the trained times t_k = (k+1)/N the network is called
-    at the integer timestep k with exactly the noise level it was trained at, so the ScoreModel
-    is the network's own score there. Between trained timesteps alpha(t) is interpolated
-    (log-SNR linear in t) and the network gets the fractional timestep N t - 1, never truncated:
-    its output there is the network's own interpolation, as when diffusers' DPM-Solver or Karras
-    schedules query it. Under 'vp' the network gets the fractional timestep whose interpolated
-    noise level equals the VPSDE's at t, so it is exact wherever VPSDE's log-SNR meets a trained
-    timestep's; the continuous beta(t) itself matches the chain only to O(1/N) (DESIGN.md).
-    """
-    ac, betas = _chain(scheduler_or_betas)
-    prediction = PREDICTION_TYPES[_prediction_type(scheduler_or_betas, prediction_type)]
-    check_choice("sde", sde, DIFFUSERS_SDES)
-    discrete = DiscreteVPSDE(ac)
-    net = _DiffusersNet(unet, "unet")
-    if sde == "discrete":
-        return ScoreModel(net, discrete, prediction=prediction, time_input=discrete.timestep)
-    vp = VPSDE.from_betas(betas)
-    return ScoreModel(net, vp, prediction=prediction, time_input=_MatchedTimestep(vp, discrete))
-
-
-def from_denoiser(
-    fn: Callable,
-    sigma_data: Optional[float] = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-) -> ScoreModel:
-    """A k-diffusion / EDM denoiser as a `ScoreModel` under `EDMSDE(sigma_min, sigma_max)`
-    (Karras et al. 2022: x = x0 + sigma eps, t = sigma).
-
-    Args:
-        fn: with `sigma_data=None`, the denoiser D(x, sigma) -> E[x0 | x], x (B, *shape) and
-            sigma (B,) (k-diffusion's `model(x, sigma)`, EDM's `net(x, sigma)`). With a float
-            `sigma_data`, the raw network F(c_in x, c_noise) inside EDM's preconditioning
-            D = c_skip x + c_out F (ScoreModel's prediction='edm').
-        sigma_data: the data standard deviation of the preconditioning, or None (see fn).
-    """
-    sde = EDMSDE(sigma_min=sigma_min, sigma_max=sigma_max)
-    net = _DiffusersNet(fn, "fn")
-    if sigma_data is None:
-        return ScoreModel(net, sde, prediction="x0", time_input="sigma")
-    if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
-        raise ValueError(f"sigma_data must be a number > 0 or None; got {sigma_data!r}")
-    return ScoreModel(net, sde, prediction="edm", time_input="c_noise", sigma_data=float(sigma_data))
-
-
-# ---- the reverse direction: scoresde solvers inside diffusers loops --------------------------
 #: solvers the scheduler can drive, and their multistep order (all DPM-Solver++(pM), p = 1 is DDIM)
 SCHEDULER_SOLVERS = {"ddim": 1, "dpm++2m": 2, "dpm++3m": 3}
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
@@ -219,9 +85,9 @@ class SolverScheduler:
         lower_order_final: bool = True,
     ):
         self.sde = sde if isinstance(sde, DiscreteVPSDE) else DiscreteVPSDE(sde)
-        check_choice("solver", solver, SCHEDULER_SOLVERS)
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        _checks.choice("solver", solver, SCHEDULER_SOLVERS)
+        _checks.choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        _checks.choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         self.solver, self.solver_order = solver, SCHEDULER_SOLVERS[solver]
         self.prediction_type, self.schedule = prediction_type, schedule
         self.final_sigmas_type, self.lower_order_final = final_sigmas_type, bool(lower_order_final)
@@ -232,8 +98,8 @@ class SolverScheduler:
     @classmethod
     def from_scheduler(cls, scheduler, solver: str = "dpm++2m", **options) -> "SolverScheduler":
         """The same chain and prediction type as a diffusers scheduler's."""
-        alphas_cumprod = _chain(scheduler)[0]
-        options.setdefault("prediction_type", _prediction_type(scheduler, None))
+        alphas_cumprod = chain_of(scheduler)[0]
+        options.setdefault("prediction_type", prediction_type_of(scheduler))
         return cls(DiscreteVPSDE(alphas_cumprod), solver, **options)
 
     def set_timesteps(
@@ -255,10 +121,7 @@ class SolverScheduler:
                                      "where the last step goes")
                 ts = torch.cat([ts, ts.new_tensor([sde.t_eps])])
         else:
-            if isinstance(num_inference_steps, bool) or int(num_inference_steps) != num_inference_steps \
-                    or num_inference_steps < 1:
-                raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}")
-            n = int(num_inference_steps)
+            n = _checks.integer("num_inference_steps", num_inference_steps, low=1)
             if zero:  # n evaluations on the schedule from T to t_eps, then the step to sigma = 0
                 ts = get_schedule(self.schedule, sde, n - 1) if n > 1 else torch.tensor([sde.T], dtype=torch.float64)
             else:
@@ -269,7 +132,7 @@ class SolverScheduler:
         self.num_inference_steps = steps
         self.timesteps = sde.timestep(ts[:steps]).to(dtype=torch.float32, device=device)
         self._step_index: Optional[int] = None
-        self._x0_hist: List[torch.Tensor] = []
+        self._x0s = History(self.solver_order)
 
     def _times_of(self, timesteps: Sequence[float]) -> torch.Tensor:
         """Float64 times of descending timesteps in [0, N-1]."""
@@ -309,14 +172,14 @@ class SolverScheduler:
         work = torch.promote_types(sample.dtype, torch.float32)  # as diffusers: never step in half precision
         x, out = sample.to(work), model_output.to(work)
         _, x0_pred = self._converter.to_eps_x0(out, x, float(self._ts[i]))
-        self._x0_hist = (self._x0_hist + [x0_pred])[-self.solver_order:]
+        self._x0s.push(self._grid.lam[i], x0_pred)
         if i == self.num_inference_steps - 1 and self.final_sigmas_type == "zero":
             prev = x0_pred  # the step to sigma = 0 (lambda = inf) of any of these solvers is x0_pred
         else:
             # a loop that starts mid-way (img2img) has fewer predictions yet: warm up from first order
-            p = min(_order_at(i, self.num_inference_steps, self.solver_order, self.lower_order_final),
-                    len(self._x0_hist))
-            prev = dpm_multistep_update(self._grid, i, x, self._x0_hist, p)
+            p = min(multistep_order(i, self.num_inference_steps, self.solver_order, self.lower_order_final),
+                    len(self._x0s))
+            prev = dpm_multistep_update(self._grid, i, x, self._x0s, p)
         self._step_index = i + 1
         prev = prev.to(sample.dtype)
         if not return_dict:

@@ -1,0 +1,310 @@
+"""Accuracy against NFE: any registered sampler on problems whose answer is known.
+
+A *cell* is one (problem, solver, NFE budget). Every cell of a problem starts from the same
+prior noise and (for SDE samplers that take a `noise_fn` callable) the same Gaussian draws, and
+records the NFE the model counted, the wall time and these metrics:
+
+- `rmse`: terminal RMSE against the problem's reference solve of the probability-flow ODE from
+  the same noise (ODE solvers only; `scoresde.solvers.reference_solve`, float64 for analytic
+  problems);
+- `sliced_w2`, `mmd`: distance to exact samples of p_{t_end} (analytic problems) or to the
+  held-out test digits, next to the two-sample floor (the same metric between an independent
+  exact draw and that set: a perfect sampler scores there);
+- `nll_gap`: mean of -log p_{t_end}(x) over the samples minus the same mean over the exact
+  samples, in nats per dimension, under the exact density (analytic problems only). Not a
+  divergence: a sampler that collapses onto the modes scores below zero.
+
+Fixed-step solvers run the largest step count whose evaluations fit the budget
+(`SolverInfo.steps_for_nfe`); a budget below one step's cost is not run. A cell records both
+`requested_nfe` and the counted `nfe`, so a budget a solver cannot meet exactly is never
+mislabeled. With `optimize=True` every fixed-step ODE cell gets a twin with
+`schedule="optimized"`: the grid `scoresde.tuning.optimize` tunes for that solver and step
+count on a calibration batch of prior noise (seed + 3, held out from the cells' x_T). Adaptive
+solvers run a tolerance sweep instead. A cell that fails (non-finite values, a solver error)
+is recorded with its reason and the run goes on.
+
+Under `torchrun` the sample batch is split across ranks (every rank draws the full batch's
+noise and keeps its rows, so fixed-step results equal the single-process run); rank 0
+gathers the samples, computes the metrics and writes the files. Adaptive solvers choose their
+steps from an error norm over their own rows and torchsde draws its Brownian path for the
+shard's shape, so their sharded results differ from one process's (as two batch sizes would).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import _checks
+from .. import metrics as _metrics
+from .._dist import SharedNoise, Shards
+from ..solvers import NonFiniteError, available, get, sample
+from .problems import Problem, make_problem
+from .report import METRICS, OPTIMIZED, write_json, write_outputs
+
+__all__ = ["run_benchmark", "DEFAULT_NFES", "QUICK", "ADAPTIVE_TOLERANCES"]
+
+DEFAULT_NFES = (3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 70, 100)
+#: tolerance sweeps for adaptive solvers (rtol = atol), loosest first
+ADAPTIVE_TOLERANCES = {"torchdiffeq": (1e-2, 1e-3, 1e-4, 1e-5), "scipy": (1e-2, 1e-3, 1e-4, 1e-5),
+                       "adaptive-sde": (0.1, 0.05, 0.02, 0.01)}
+#: the README's main job: two problems, representative solvers, four budgets (about a minute on 2 CPU cores)
+QUICK = dict(
+    problems=("ring2d/vp", "gmm16d/edm"),
+    solvers=("euler", "heun", "ddim", "dpm++2m", "dpm++3m", "unipc", "ipndm", "euler-maruyama", "ancestral",
+             "dpm++2m-sde", "torchdiffeq"),
+    nfes=(5, 10, 20, 50),
+    n=1000,
+    tolerances=2,
+)
+
+
+def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int,
+           optimize: bool = False) -> List[Tuple[str, Optional[int], Dict]]:
+    """(solver, requested NFE or None, options) in run order; budgets that land on a step
+    count already listed for that solver are run once, budgets below one step's cost not at
+    all; with `optimize`, each fixed-step ODE cell is followed by its optimized-schedule twin
+    (options["schedule"] = OPTIMIZED)."""
+    cells = []
+    sweeps = {get(name).name: tols for name, tols in ADAPTIVE_TOLERANCES.items()}
+    for solver in solvers:
+        info = get(solver)
+        if info.adaptive:
+            for tol in sweeps.get(info.name, (1e-3,))[:tolerances]:
+                cells.append((solver, None, {"rtol": tol, "atol": tol}))
+            continue
+        seen = set()
+        for budget in nfes:
+            if info.nfe(1) > budget:
+                continue  # not even one step fits: never over the budget
+            steps = info.steps_for_nfe(budget)
+            if steps not in seen:
+                seen.add(steps)
+                cells.append((solver, budget, {"steps": steps}))
+                if optimize and info.kind == "ode":
+                    cells.append((solver, budget, {"steps": steps, "schedule": OPTIMIZED}))
+    return cells
+
+
+def _floors(problem: Problem, names: Sequence[str], n: int, bandwidth, seed: int, repeats: int) -> Dict[str, Dict]:
+    """Each metric between independent draws of n points and the comparison set, over repeats."""
+    gen = torch.Generator(device=problem.target.device).manual_seed(seed + 2)
+    draws = [problem.draw(n, gen) for _ in range(repeats)]
+    floors = {}
+    for name in names:
+        if name == "nll_gap":
+            values = torch.stack([_nll(problem, x) for x in draws]) - _nll(problem, problem.target)
+        else:
+            values = torch.stack([_sample_metric(name, bandwidth)(x, problem.target) for x in draws])
+        floors[name] = {"mean": float(values.mean()), "std": float(values.std())}
+    return floors
+
+
+def _nll(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """Mean -log p_{t_end}(x) in nats per dimension."""
+    return -problem.log_prob(x).mean() / problem.dim
+
+
+def _sample_metric(name: str, bandwidth) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "mmd":
+        return lambda x, y: _metrics.mmd(x, y, bandwidth=bandwidth)
+    return lambda x, y: _metrics.sliced_wasserstein(x, y, projections=256)
+
+
+def run_benchmark(
+    problems: Iterable[Union[str, Problem]] = QUICK["problems"],
+    solvers: Optional[Iterable[str]] = None,
+    nfes: Iterable[int] = DEFAULT_NFES,
+    metrics: Iterable[str] = METRICS,
+    n: int = 1000,
+    seed: int = 0,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+    schedule: Optional[str] = None,
+    tolerances: int = 4,
+    floor_repeats: int = 5,
+    out: Union[str, Path, None] = None,
+    resume: bool = False,
+    progress: bool = False,
+    digits_checkpoint: Union[str, Path, None] = None,
+    optimize: bool = False,
+    calibration: int = 256,
+) -> Optional[dict]:
+    """Run every (problem, solver, budget) cell; return the results dict on rank 0 (None on
+    other ranks). With `out`, the JSON is rewritten after every cell (a long run never loses
+    finished cells; `resume=True` skips the cells a matching earlier run finished), and the
+    CSV, Markdown table and plot are written at the end.
+
+    Args:
+        problems: 'ring2d/vp'-style names (mixture in ANALYTIC, SDE in BENCH_SDES), 'digits'
+            (needs `digits_checkpoint`), or Problem objects.
+        solvers: registry names or their aliases (default: all registered); cells carry the
+            registry's name.
+        nfes: NFE budgets for fixed-step solvers (each runs the most steps that fit).
+            tolerances: how many entries of each adaptive solver's sweep to run.
+        metrics: a subset of METRICS. n: samples per cell. schedule: None for each solver's
+            default, or a schedule name used for all.
+        optimize: add an optimized-schedule row per fixed-step ODE solver (its grid tuned by
+            `scoresde.tuning.optimize` on `calibration` samples of held-out noise; every rank
+            tunes the same grid, deterministically).
+    """
+    start = time.perf_counter()
+    solvers = list(dict.fromkeys(get(s).name for s in (available() if solvers is None else solvers)))
+    metrics = list(metrics)
+    for m in metrics:
+        _checks.choice("metric", m, METRICS)
+    nfes = sorted({_checks.integer("nfes", b, low=1) for b in nfes})
+    if not nfes:
+        raise _checks.fail("nfes", "at least one NFE budget", nfes)
+    n = _checks.integer("n", n, low=2)
+    tolerances = _checks.integer("tolerances", tolerances, low=0)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    shards = Shards(n)
+    config = dict(n=n, seed=seed, dtype=str(dtype).replace("torch.", ""), schedule=schedule, nfes=nfes,
+                  metrics=metrics, world_size=shards.world)
+    if optimize:
+        config["optimize"] = dict(calibration=calibration, seed=seed + 3)
+    results = dict(config=config, machine=_machine(device), problems={}, cells=[])
+    json_path = Path(out) / "accuracy_vs_nfe.json" if out is not None else None
+    done = set()
+    if resume and json_path is not None and json_path.exists() and shards.main:
+        earlier = json.loads(json_path.read_text())
+        if {k: v for k, v in earlier["config"].items() if k != "world_size"} != \
+                {k: v for k, v in config.items() if k != "world_size"}:
+            raise ValueError(f"resume: {json_path} was written with another configuration ({earlier['config']})")
+        results["problems"], results["cells"] = earlier["problems"], earlier["cells"]
+        results["seconds"] = earlier.get("seconds", 0.0)  # the earlier run's time, added to below
+        done = {_key(c) for c in results["cells"]}
+    done = shards.broadcast(done)
+
+    cells = _cells(solvers, nfes, tolerances, optimize)
+    problem_list = list(problems)
+    bar = None
+    if progress and shards.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(problem_list) * len(cells), desc="bench cells")
+    for spec in problem_list:
+        problem = make_problem(spec, seed, n, device, dtype, digits_checkpoint)
+        todo = [c for c in cells if _key(dict(problem=problem.name, solver=c[0], requested_nfe=c[1],
+                                                  tolerance=c[2].get("rtol"), schedule=c[2].get("schedule"))) not in done]
+        if bar is not None:
+            bar.update(len(cells) - len(todo))
+        if not todo:
+            continue
+        gen = torch.Generator(device=device).manual_seed(seed)
+        x_T = problem.model.sde.prior_sample((n, *problem.shape), gen, dtype=torch.float64, device=device)
+        x_T = x_T[shards.lo: shards.hi]
+        reference = None
+        info_problem = results["problems"].setdefault(problem.name, {"dim": problem.dim})
+        if "rmse" in metrics and any(get(c[0]).kind == "ode" for c in todo):
+            ref = problem.reference(x_T)
+            reference = shards.gather(ref.x).to(torch.float64)
+            info_problem["reference"] = {**problem.reference_options, "nfe": ref.nfe, "seconds": ref.seconds}
+        floor_metrics = [m for m in metrics if m in ("sliced_w2", "mmd") or (m == "nll_gap" and problem.log_prob)]
+        bandwidth = _metrics.median_bandwidth(problem.target)
+        if shards.main and floor_metrics and "floors" not in info_problem:
+            info_problem["floors"] = _floors(problem, floor_metrics, n, bandwidth, seed, floor_repeats)
+        tuning = None
+        for solver, budget, options in todo:
+            if options.get("schedule") == OPTIMIZED:
+                tuning = tuning or _calibration(problem, calibration, seed, device, dtype)
+                options = {**options, "schedule": _optimized(problem, solver, options["steps"], *tuning)}
+            record = _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards)
+            if shards.main:
+                if record["status"] == "ok":
+                    record.update(_measure(problem, record.pop("x"), reference, metrics, bandwidth,
+                                           get(solver).kind))
+                results["cells"].append(record)
+                if json_path is not None:
+                    write_json(results, json_path)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    results["seconds"] = time.perf_counter() - start + results.get("seconds", 0.0)
+    if not shards.main:
+        return None
+    if out is not None:
+        write_outputs(results, Path(out))
+    return results
+
+
+def _key(cell: dict) -> Tuple:
+    return (cell["problem"], get(cell["solver"]).name, cell["requested_nfe"], cell.get("tolerance"),
+            cell.get("schedule") == OPTIMIZED)
+
+
+def _calibration(problem: Problem, n: int, seed: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Calibration noise for optimized schedules (seed + 3, so not the cells' x_T), in the run's
+    dtype, and its reference solve."""
+    gen = torch.Generator(device=device).manual_seed(seed + 3)
+    x_cal = problem.model.sde.prior_sample((n, *problem.shape), gen, dtype=torch.float64, device=device)
+    return x_cal.to(dtype), problem.reference(x_cal).x
+
+
+def _optimized(problem: Problem, solver: str, steps: int, x_cal: torch.Tensor, reference: torch.Tensor):
+    """The OptimizedSchedule for `solver` at `steps` steps (its NFE budget is theirs)."""
+    from ..tuning import optimize
+
+    return optimize(problem.model, None, solver, get(solver).nfe(steps), x_T=x_cal, reference=reference,
+                    t_end=problem.t_end)
+
+
+def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards) -> dict:
+    info = get(solver)
+    kwargs = dict(options)
+    steps = kwargs.pop("steps", None)
+    tuned = kwargs.pop("schedule", None)  # the OptimizedSchedule of an optimized cell
+    record = dict(problem=problem.name, solver=solver, kind=info.kind, requested_nfe=budget,
+                  tolerance=options.get("rtol"), steps=steps, schedule=OPTIMIZED if tuned else schedule,
+                  status="ok", reason=None, nfe=None, seconds=None)
+    if tuned:
+        record["optimization"] = dict(start=tuned.start, cost_nfe=tuned.cost_nfe, calibration=tuned.calibration,
+                                      calibration_rmse=[tuned.loss_start, tuned.loss], times=tuned.times.tolist())
+    x = x_T.to(dtype)
+    gen = torch.Generator(device=x.device).manual_seed(seed + 1)
+    if info.kind == "sde":
+        if "noise_fn" in info.options and not info.adaptive:  # adaptive SDE: draws for subsets of rows
+            kwargs["noise_fn"] = SharedNoise(gen, shards)
+        kwargs["generator"] = gen
+    try:
+        out = sample(problem.model, x_T=x, solver=solver, steps=None if tuned else steps, schedule=tuned or schedule,
+                     t_end=problem.t_end, **kwargs)
+        ok, reason = True, None
+    except (NonFiniteError, ValueError, RuntimeError, ArithmeticError) as err:
+        ok, reason, out = False, f"{type(err).__name__}: {err}", None
+    if not shards.all_ok(ok, x.device):
+        record.update(status="failed", reason=reason or "failed on another rank")
+        return record
+    record.update(nfe=out.nfe, seconds=shards.max(out.seconds, x.device), x=shards.gather(out.x))
+    return record
+
+
+def _measure(problem, x, reference, metrics, bandwidth, kind) -> dict:
+    values = {}
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        return dict(status="failed", reason="non-finite samples")
+    if "rmse" in metrics:
+        values["rmse"] = float((x - reference).square().mean().sqrt()) if kind == "ode" and reference is not None else None
+    for name in ("sliced_w2", "mmd"):
+        if name in metrics:
+            values[name] = float(_sample_metric(name, bandwidth)(x, problem.target))
+    if "nll_gap" in metrics:
+        values["nll_gap"] = float(_nll(problem, x) - _nll(problem, problem.target)) if problem.log_prob else None
+    return values
+
+
+def _machine(device: torch.device) -> dict:
+    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                torch=torch.__version__, threads=torch.get_num_threads(), device=str(device))
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+

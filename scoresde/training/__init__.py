@@ -1,0 +1,10 @@
+"""Training: `Trainer` (denoising score matching, EMA, exact resumption, torchrun/DDP), its
+checkpoints (`load_checkpoint`), and `load_model`, a trained ScoreModel from a checkpoint.
+
+Modules by job: `data` (batches by index, the per-epoch order), `checkpoint` (configuration,
+rebuild, digest, atomic writes, loading), `trainer` (the training loop).
+"""
+from .checkpoint import CHECKPOINT_NAME, WEIGHTS, build_model, load_checkpoint, load_model, model_config
+from .trainer import Trainer
+
+__all__ = ["Trainer", "load_checkpoint", "load_model", "build_model", "model_config", "CHECKPOINT_NAME", "WEIGHTS"]

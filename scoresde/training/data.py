@@ -1,0 +1,134 @@
+"""Training data by index: tensors or a map-style Dataset served as batches, and the order in
+which a run visits them (one seeded permutation per epoch, so a run's position in its data is
+just (epoch, offset) and does not depend on the number of processes)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["Data", "IndexedData", "EpochOrder", "derive_seed"]
+
+Data = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], torch.utils.data.Dataset]
+
+
+def derive_seed(seed: int, *tags: Any) -> int:
+    """A 63-bit seed for one independent stream, fixed by (seed, tags) on every platform."""
+    digest = hashlib.sha256("/".join(map(str, (seed,) + tags)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class IndexedData:
+    """Batches by index from tensors (x, optional labels y) or from any map-style Dataset whose
+    items are a tensor or an (x, y) pair."""
+
+    def __init__(self, data: Data):
+        self.x: Optional[torch.Tensor] = None
+        self.y: Optional[torch.Tensor] = None
+        self.dataset = None
+        if isinstance(data, torch.utils.data.TensorDataset):
+            data = tuple(data.tensors) if len(data.tensors) > 1 else data.tensors[0]
+        if isinstance(data, torch.Tensor):
+            self.x = data
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+            self.x, self.y = data
+        elif isinstance(data, torch.utils.data.Dataset):
+            self.dataset = data
+        else:
+            raise ValueError(
+                "data must be a tensor (N, *shape), a pair (x, labels) of tensors, or a map-style "
+                f"torch.utils.data.Dataset; got {type(data).__name__}"
+            )
+        if self.x is not None:
+            if not self.x.is_floating_point():
+                raise ValueError(f"data must be a floating-point tensor; got {self.x.dtype}")
+            if self.x.ndim < 2 or self.x.shape[0] == 0:
+                raise ValueError(f"data must have shape (N, *shape) with N >= 1; got {tuple(self.x.shape)}")
+            if not bool(torch.isfinite(self.x).all()):
+                raise ValueError("data contains non-finite values (NaN or inf)")
+            self.n = self.x.shape[0]
+            self.sample_shape = tuple(self.x.shape[1:])
+            self.dtype = self.x.dtype
+            if self.y is not None and (self.y.shape != (self.n,) or self.y.is_floating_point()):
+                raise ValueError(f"labels must be an integer tensor of shape (N,) = ({self.n},); got {self.y.dtype} {tuple(self.y.shape)}")
+        else:
+            self.n = len(self.dataset)
+            if self.n == 0:
+                raise ValueError("data is empty (a Dataset of length 0)")
+            x, y = self._split(self.dataset[0])
+            self.sample_shape, self.dtype = tuple(x.shape), x.dtype
+            self.has_labels_item = y is not None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.y is not None if self.x is not None else self.has_labels_item
+
+    def use_labels(self, use_labels: Optional[bool], num_classes: Optional[int], label_dropout: float) -> bool:
+        """Whether training feeds these labels to a network with `num_classes` (None: it has no
+        label input): `use_labels`, or None for "if the data has labels"; checked to fit."""
+        if use_labels is None:
+            if self.has_labels and num_classes is None:
+                raise ValueError(
+                    "data has labels but the network has no num_classes; pass use_labels=False to "
+                    "train unconditionally, or build the network with num_classes"
+                )
+            use_labels = self.has_labels
+        if use_labels and not self.has_labels:
+            raise ValueError("use_labels=True but data has no labels; pass (x, labels)")
+        if use_labels and num_classes is None:
+            raise ValueError("use_labels=True needs a network with num_classes (the null label for label_dropout)")
+        if label_dropout and not use_labels:
+            raise ValueError("label_dropout > 0 needs labelled data and use_labels")
+        if use_labels and self.y is not None and self.y.numel():
+            lo, hi = int(self.y.min()), int(self.y.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes}); got [{lo}, {hi}]")
+        return bool(use_labels)
+
+    @staticmethod
+    def _split(item) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if isinstance(item, torch.Tensor):
+            return item, None
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return torch.as_tensor(item[0]), torch.as_tensor(item[1])
+        raise ValueError(f"Dataset items must be a tensor or an (x, label) pair; got {type(item).__name__}")
+
+    def get(self, idx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(x (b, *shape), labels (b,) or None) for the indices idx (b,)."""
+        if self.x is not None:
+            idx = idx.to(self.x.device)
+            return self.x[idx], (self.y[idx] if self.y is not None else None)
+        items = [self._split(self.dataset[int(i)]) for i in idx]
+        x = torch.stack([item[0] for item in items])
+        if tuple(x.shape[1:]) != self.sample_shape or not x.is_floating_point():
+            raise ValueError(f"Dataset items must all be float tensors of shape {self.sample_shape}; got {x.dtype} {tuple(x.shape[1:])}")
+        if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+            raise ValueError("data contains non-finite values (NaN or inf)")
+        y = torch.stack([item[1] for item in items]).long() if items[0][1] is not None else None
+        return x, y
+
+
+class EpochOrder:
+    """The order in which a run visits n items: a permutation per epoch, seeded by (seed,
+    epoch), read from (epoch, position) on; a batch may run over into the next epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self.epoch, self.position = 0, 0
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def take(self, count: int) -> torch.Tensor:
+        """The next `count` indices (count,), advancing the position."""
+        parts, need = [], count
+        while need:
+            if self._perm_epoch != self.epoch:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.epoch))
+                self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), self.epoch
+            step = min(need, self.n - self.position)
+            parts.append(self._perm[self.position:self.position + step])
+            self.position += step
+            need -= step
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+        return torch.cat(parts)
