@@ -75,8 +75,10 @@ def train_model(args: argparse.Namespace, x_train: torch.Tensor, steps: int) -> 
 
 def parse_sampler(spec: str) -> Dict[str, object]:
     solver, _, steps = spec.partition(":")
-    if solver not in sd.solvers.available():
-        raise SystemExit(f"unknown solver {solver!r}; available: {', '.join(sd.solvers.available())}")
+    try:
+        sd.solvers.get(solver)  # a registered name or an old alias of one
+    except ValueError as err:
+        raise SystemExit(f"--samplers {spec!r}: {err}") from None
     return {"solver": solver, "steps": int(steps) if steps else None}
 
 

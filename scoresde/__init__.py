@@ -1,26 +1,19 @@
 """scoresde: score-based generative modeling through SDEs, with every sampler measured
-against exact answers."""
-from . import data, metrics, schedules, solvers
-from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
-from .sde import SDE, AffineSDE, CosineVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
-from . import losses, nets
+against exact answers. The package's layers are those of DESIGN.md (pyproject's contract)."""
+from . import classifier, data, guidance, interop, likelihood, losses, metrics, nets, schedules, solvers, tuning
+from .likelihood import bits_per_dim, decode, encode, log_likelihood
 from .losses import dsm_loss
-from .training import Trainer, load_model
+from .model import PREDICTIONS, TIME_INPUTS, ScoreModel
+from .sde import SDE, AffineSDE, CosineVPSDE, DiscreteVPSDE, EDMSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from .solvers import SampleResult, sample
+from .training import Trainer, load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE",
-    "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "data", "metrics",
-    "schedules", "solvers", "sample", "SampleResult",
+    "SDE", "AffineSDE", "ReverseSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMSDE", "DiscreteVPSDE",
+    "ScoreModel", "PREDICTIONS", "TIME_INPUTS", "sample", "SampleResult", "Trainer", "load_model", "dsm_loss",
+    "log_likelihood", "encode", "decode", "bits_per_dim",
+    "classifier", "data", "guidance", "interop", "likelihood", "losses", "metrics", "nets", "schedules",
+    "solvers", "tuning",
 ]
-__all__ += ["nets", "losses", "dsm_loss", "Trainer", "load_model"]
-from . import likelihood
-from .likelihood import bits_per_dim, encode, log_likelihood
-__all__ += ["likelihood", "log_likelihood", "encode", "bits_per_dim"]
-from . import classifier, guidance
-__all__ += ["classifier", "guidance"]
-from .sde import DiscreteVPSDE
-from . import interop
-__all__ += ["DiscreteVPSDE", "interop"]

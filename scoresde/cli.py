@@ -35,6 +35,18 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _SolverNames(list):
+    """The canonical solver names (what --help lists), of which `in` also accepts old aliases."""
+
+    def __contains__(self, name) -> bool:
+        from .solvers import get
+
+        try:
+            return get(name).name in list(self)
+        except ValueError:
+            return False
+
+
 def _int(parser: argparse.ArgumentParser, *flags: str, low: Optional[int] = 1, **kwargs) -> None:
     """An integer flag, checked by `_checks.integer` (>= low) once parsed, as the library checks
     its arguments: one line naming it (`rows must be an integer >= 1; got 0`), no traceback."""
@@ -255,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (exact samples)")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
     p.add_argument("--prediction", default="eps", choices=list(PREDICTIONS), help="parameterization of the oracle")
-    p.add_argument("--solver", default=None, choices=available(),
+    p.add_argument("--solver", default=None, choices=_SolverNames(available()),
                    help=f"default: the --schedule-file's solver, else {DEFAULT_SOLVER}")
     _int(p, "--steps", default=None, help=f"solver steps (default: the --schedule-file's, else {DEFAULT_STEPS})")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
@@ -331,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("optimize", "minimize the terminal error against a tight reference solve", schedule_sub)
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
-    p.add_argument("--solver", default="dpm++2m", choices=available("ode"), help="fixed-step ODE solver")
+    p.add_argument("--solver", default="dpm++2m", choices=_SolverNames(available("ode")), help="fixed-step ODE solver")
     _int(p, "--nfe", default=10, help="NFE budget")
     _int(p, "--calibration", default=256, help="calibration batch size (prior noise from --seed)")
     _int(p, "--max-evals", default=None, help="grids the search may try (default 30 per free time)")

@@ -65,8 +65,8 @@ def sliced_wasserstein(
         directions.
     """
     x, y = _sample_pair(x, y)
-    projections = _check_int("projections", projections, 1)
-    p = _check_real("p", p, 1.0, "[1, inf)")
+    projections = _checks.integer("projections", projections, low=1)
+    p = _checks.real("p", p, low=1)
     (n, d), m = x.shape, y.shape[0]
     if d == 1:
         theta = torch.ones(1, 1, dtype=x.dtype, device=x.device)
@@ -120,7 +120,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Bandwidth = None) -> torch.
     if bandwidth is None:
         h = median_bandwidth(x, y)[None]
     else:
-        h = _check_bandwidth(bandwidth).to(dtype=x.dtype, device=x.device)
+        h = _bandwidths(bandwidth).to(dtype=x.dtype, device=x.device)
     scale = 0.5 / h.square()
 
     def kernel(sq_dist: torch.Tensor) -> torch.Tensor:
@@ -151,10 +151,8 @@ def median_bandwidth(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch
     dist = _sq_dist(pooled, pooled)[i, j].sqrt()
     h = torch.quantile(dist, 0.5)
     if not bool(h > 0):
-        raise ValueError(
-            "bandwidth: the median heuristic gave 0 (more than half of the pairs of points coincide); "
-            "pass bandwidth > 0 explicitly"
-        )
+        raise _checks.fail("bandwidth", "a number > 0 given explicitly when more than half of the pairs of points "
+                           "coincide (the median heuristic gives 0 then)", None)
     return h
 
 
@@ -239,7 +237,7 @@ def frechet_distance(
         a 0-dim tensor, squared (units of feature^2).
     """
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = _checks.integer("batch_size", batch_size, low=1)
     if features is None:
         fx, fy = _sample_pair(x, y)
     else:
@@ -280,12 +278,15 @@ def two_sample_floor(
         n: samples per set, >= 2. repeats: pairs of sets, >= 2.
         generator: the source of all draws; default a fresh generator seeded 0.
     """
-    n = _check_int("n", n, 2)
-    repeats = _check_int("repeats", repeats, 2)
+    n = _checks.integer("n", n, low=2)
+    repeats = _checks.integer("repeats", repeats, low=2)
     if not callable(sampler) and callable(getattr(sampler, "sample", None)):
         sampler = sampler.sample
-    if not callable(sampler) or not callable(metric):
-        raise ValueError("metric and sampler must be callables")
+    if not callable(metric):
+        raise _checks.fail("metric", "a callable (x, y) -> 0-dim tensor", metric)
+    if not callable(sampler):
+        raise _checks.fail("sampler", "a callable (n, generator) -> samples, or an object with a .sample method",
+                           sampler)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     values = torch.stack([
@@ -309,7 +310,7 @@ def _samples(name: str, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must hold N >= 2 samples; got N = {x.shape[0]}")
     x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0:
-        raise ValueError(f"{name} has no features: shape {tuple(x.shape)}")
+        raise _checks.fail(name, "samples with at least one feature", tuple(x.shape))
     _checks.finite(name, x)
     return x
 
@@ -372,14 +373,14 @@ def _gaussian(mean_name: str, cov_name: str, mean: torch.Tensor, cov: torch.Tens
     dtype = torch.promote_types(mean.dtype, cov.dtype)
     mean, cov = mean.to(dtype), cov.to(dtype)
     tol = math.sqrt(torch.finfo(dtype).eps) * cov.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(dtype).tiny)
-    if bool(((cov - cov.mT).abs().amax(dim=(-2, -1)) > tol).any()):
-        raise ValueError(f"{cov_name} must be symmetric (within sqrt(eps) of its largest entry)")
+    asymmetry = (cov - cov.mT).abs().amax(dim=(-2, -1))
+    if bool((asymmetry > tol).any()):
+        raise _checks.fail(cov_name, "symmetric (within sqrt(eps) of its largest entry)",
+                           f"max |C - C^T| = {float(asymmetry.max()):.3g}")
     cov = 0.5 * (cov + cov.mT)
     smallest = torch.linalg.eigvalsh(cov)[..., 0]
     if bool((smallest < -tol * d).any()):
-        raise ValueError(
-            f"{cov_name} must be positive semi-definite; smallest eigenvalue {float(smallest.min()):.3g}"
-        )
+        raise _checks.fail(cov_name, "positive semi-definite", f"smallest eigenvalue {float(smallest.min()):.3g}")
     return mean, cov
 
 
@@ -393,7 +394,7 @@ def _mean_cov(f: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _features(name: str, x: torch.Tensor, features, batch_size: Optional[int]) -> torch.Tensor:
     if not callable(features):
-        raise ValueError(f"features must be a callable or None; got {type(features).__name__}")
+        raise _checks.fail("features", "a callable or None", features)
     if batch_size is None:
         f = features(x)
     else:
@@ -404,25 +405,13 @@ def _features(name: str, x: torch.Tensor, features, batch_size: Optional[int]) -
     return f
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value}")
-    return value
-
-
-def _check_real(name: str, value, low: float, accepted: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-        raise ValueError(f"{name} must be a number in {accepted}; got {value!r}")
-    return float(value)
-
-
-def _check_bandwidth(bandwidth) -> torch.Tensor:
+def _bandwidths(bandwidth) -> torch.Tensor:
+    """`bandwidth` (a number or a sequence of them, each finite and > 0) as a float64 (H,) tensor."""
+    accepted = "None, a finite number > 0 or a non-empty sequence of them"
     try:
         h = torch.as_tensor(bandwidth, dtype=torch.float64).reshape(-1)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"bandwidth must be None, a number > 0 or a sequence of them; got {bandwidth!r}") from None
+        raise _checks.fail("bandwidth", accepted, bandwidth) from None
     if h.numel() == 0 or not bool(torch.isfinite(h).all()) or not bool((h > 0).all()):
-        raise ValueError(f"bandwidth must be None, a number > 0 or a sequence of them (finite); got {bandwidth!r}")
+        raise _checks.fail("bandwidth", accepted, bandwidth)
     return h

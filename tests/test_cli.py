@@ -41,6 +41,7 @@ def test_python_m_scoresde_runs_the_cli_and_help_shows_defaults():
     run = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "--samples SAMPLES, --n SAMPLES" in run.stdout
     assert "(default: 2000)" in run.stdout and "(default: float32)" in run.stdout
+    assert "euler-maruyama" in run.stdout and "euler_maruyama" not in run.stdout  # canonical names only
     # every flag with a default says it (None / False defaults are explained in the help text)
     for parser in _parsers(build_parser()):
         for action in parser._actions:
@@ -73,6 +74,9 @@ def test_old_flags_are_aliases(tmp_path, capsys, monkeypatch):
     assert outputs[0].shape == (64, 1) and torch.equal(*outputs)
     parser = build_parser()
     assert parser.parse_args(["nll", "--n", "7"]).samples == parser.parse_args(["nll", "--samples", "7"]).samples == 7
+    # an old solver name is accepted where --solver takes a choice (--help lists the canonical ones)
+    assert main(["sample", "--problem", "bimodal1d", "--solver", "euler_maruyama", "--steps", "4", "--samples", "16",
+                 "--out", str(tmp_path)]) == 0
 
     calls = []
     monkeypatch.setattr(bench, "run_benchmark", lambda **kwargs: calls.append(kwargs))
@@ -107,3 +111,15 @@ def test_sample_options_refuse_sample_keywords(tmp_path, capsys):
     assert "--options must be a JSON object" in capsys.readouterr().err
     assert main(["sample", "--problem", "bimodal1d", "--solver", "dpm++2m", "--steps", "4", "--samples", "16",
                  "--options", '{"lower_order_final": false}', "--out", str(tmp_path)]) == 0
+
+
+def test_explicit_steps_with_a_schedule_file_reach_sample(tmp_path, capsys):
+    """--steps with --schedule-file is passed on (and refused if it is not the file's), never
+    silently replaced by the file's step count."""
+    path = tmp_path / "sched.json"
+    assert main(["schedule", "optimize", "--solver", "ddim", "--nfe", "4", "--calibration", "16", "--max-evals", "4",
+                 "--out", str(path)]) == 0
+    assert main(["sample", "--schedule-file", str(path), "--steps", "7", "--samples", "16", "--out", str(tmp_path)]) == 2
+    assert "steps must be None or this tuned schedule's 4" in capsys.readouterr().err
+    assert main(["sample", "--schedule-file", str(path), "--steps", "4", "--samples", "16", "--out", str(tmp_path)]) == 0
+    assert "| ddim | steps=4" in capsys.readouterr().out

@@ -54,12 +54,14 @@ def test_toy_shapes():
 
 
 def test_bad_toy_arguments():
-    with pytest.raises(ValueError, match="name must be one of: ring, moons, swissroll; got 'spiral'"):
+    with pytest.raises(ValueError, match="name must be one of: ring, moons, swissroll, checkerboard, pinwheel, bimodal1d; got 'spiral'"):
         sample_toy("spiral", 10)
     with pytest.raises(ValueError, match="n must be an integer >= 0; got -1"):
         sample_toy("moons", -1)
-    with pytest.raises(ValueError, match="arms must be an integer >= 1"):
+    with pytest.raises(ValueError, match="arms must be an integer >= 1; got 0"):
         sd.data.pinwheel(10, arms=0)
+    with pytest.raises(ValueError, match="n must be an integer >= 0; got 2.5"):
+        sd.data.checkerboard(2.5)
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():

@@ -96,10 +96,10 @@ def test_same_seed_same_samples():
 @pytest.mark.parametrize(
     "args, match",
     [
-        (([0.5, 0.6], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), "sum to 1"),
-        (([-0.5, 1.5], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), ">= 0"),
-        (([1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]]), "positive definite"),
-        (([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.0, 1.0]]]), "symmetric"),
+        (([0.5, 0.6], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), r"weights must be probabilities summing to 1 \(within 1e-6\); got 'a sum of 1.1'"),
+        (([-0.5, 1.5], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), r"weights must be finite and >= 0; got tensor\(\[-0.5000,  1.5000\]"),
+        (([1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]]), "covariances must be positive definite; got 'smallest eigenvalue -1'"),
+        (([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.0, 1.0]]]), r"covariances must be symmetric; got 'max \|C - C\^T\| = 0.5'"),
         (([1.0], [[0.0, 0.0]], [[[1.0]]]), r"covariances must have shape \(K, D, D\)"),
         (([0.5, 0.5], [[0.0, 0.0]], [[[1.0]]]), r"means must have shape \(K, D\)"),
     ],
@@ -107,6 +107,15 @@ def test_same_seed_same_samples():
 def test_bad_mixture_parameters(args, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixture(*args)
+
+
+def test_bad_named_mixtures():
+    with pytest.raises(ValueError, match="modes must be an integer >= 1; got 0"):
+        GaussianMixture.ring(modes=0)
+    with pytest.raises(ValueError, match="components must be an integer >= 1; got 0"):
+        GaussianMixture.random(dim=2, components=0)
+    with pytest.raises(ValueError, match=r"event_shape must be a shape of D = 2 elements; got \(1, 3\)"):
+        GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.0], [0.0, 1.0]]], event_shape=(1, 3))
 
 
 def test_bad_mixture_calls():

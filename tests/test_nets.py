@@ -71,7 +71,7 @@ def test_class_conditioning_and_the_null_label(make):
     labelled = net(x, t, y=torch.tensor([0, 1, 3]))
     assert (labelled - null).abs().amax(dim=tuple(range(1, x.ndim))).min() > 1e-4
     assert not torch.allclose(net(x, t, y=torch.tensor([0, 0, 0])), net(x, t, y=torch.tensor([1, 1, 1])))
-    with pytest.raises(ValueError, match=r"y must lie in \[0, num_classes=4\]"):
+    with pytest.raises(ValueError, match=r"y must be labels in \[0, num_classes=4\] .*; got 'values in \[0, 5\]'"):
         net(x, t, y=torch.tensor([0, 5, 1]))
     with pytest.raises(ValueError, match=r"y must be an integer tensor of shape \(B,\) = \(3,\)"):
         net(x, t, y=torch.zeros(3))
@@ -101,7 +101,7 @@ def test_config_rebuilds_the_same_network():
         clone = build_net(type(net).__name__, net.config)
         clone.load_state_dict(net.state_dict())
         assert clone.config == net.config and count(clone) == count(net)
-    with pytest.raises(ValueError, match="network 'ResNet' is not valid; choose one of: MLP, UNet"):
+    with pytest.raises(ValueError, match="name must be one of: MLP, UNet; got 'ResNet'"):
         build_net("ResNet", {})
 
 
@@ -127,12 +127,17 @@ def test_time_embeddings():
     "make, match",
     [
         (lambda: MLP(0), "dim must be an integer >= 1; got 0"),
-        (lambda: MLP(2, hidden=15), "hidden must be even"),
-        (lambda: MLP(2, time_embedding="learned"), "time_embedding='learned' is not valid; choose one of: fourier, sinusoidal"),
-        (lambda: MLP(2, num_classes=0), "num_classes must be an integer >= 1"),
-        (lambda: UNet(base_channels=12, groups=8), r"groups=8 must divide every level width \[12, 24\]"),
-        (lambda: UNet(channel_mults=()), "channel_mults must be a non-empty sequence"),
-        (lambda: UNet(dropout=1.0), r"dropout must lie in \[0, 1\)"),
+        (lambda: MLP(2, hidden=15), "hidden must be even .*; got 15"),
+        (lambda: MLP(2, time_embedding="learned"), "time_embedding must be one of: fourier, sinusoidal; got 'learned'"),
+        (lambda: MLP(2, num_classes=0), "num_classes must be an integer >= 1; got 0"),
+        (lambda: UNet(base_channels=12, groups=8), r"groups must be a divisor of every level width \[12, 24\] .*; got 8"),
+        (lambda: UNet(channel_mults=()), r"channel_mults must be a non-empty sequence of integers >= 1; got \[\]"),
+        (lambda: UNet(dropout=1.0), r"dropout must be a finite number in \[0, 1\); got 1.0"),
+        (lambda: MLP(2, depth=True), "depth must be an integer >= 1; got True"),
+        (lambda: MLP(2, cond_dim=1.5), "cond_dim must be an integer >= 1; got 1.5"),
+        (lambda: UNet(channel_mults=(1, 0)), r"channel_mults\[1\] must be an integer >= 1; got 0"),
+        (lambda: GaussianFourierEmbedding(7), "dim must be an even integer >= 2; got 7"),
+        (lambda: SinusoidalEmbedding(8, max_period=1.0), "max_period must be a finite number > 1; got 1.0"),
     ],
 )
 def test_bad_network_arguments(make, match):

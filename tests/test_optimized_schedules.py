@@ -96,6 +96,12 @@ def test_save_load_round_trip_and_refusals(setting, tmp_path):
         sd.sample(edm_model, x_T=x_T, solver=SOLVER, schedule=loaded)
     with pytest.raises(ValueError, match="steps must be None or this tuned schedule's 5 .*; got 7"):
         sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded, steps=7)
+    # an explicit steps equal to the schedule's own is honoured (DEFAULT_STEPS is no sentinel)
+    assert loaded.steps != sd.solvers.DEFAULT_STEPS
+    assert torch.equal(sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded, steps=loaded.steps).x,
+                       sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded).x)
+    with pytest.raises(ValueError, match="steps must be None or this tuned schedule's 5"):
+        sd.sample(model, x_T=x_T, solver=SOLVER, schedule=loaded, steps=sd.solvers.DEFAULT_STEPS)
     (tmp_path / "bad.json").write_text('{"times": [1.0, 0.5]}')
     with pytest.raises(ValueError, match="lacks nfe, sde, sde_fingerprint, solver"):
         tuning.OptimizedSchedule.load(tmp_path / "bad.json")

@@ -170,3 +170,21 @@ def test_user_defined_nonaffine_sde():
 def test_bad_parameters_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_sdes_compare_and_hash_by_value():
+    # two different chains with the same length and last alpha_bar: their reprs agree (%g), the SDEs do not
+    a = sd.DiscreteVPSDE(torch.linspace(0.99, 0.01, 10, dtype=torch.float64))
+    b = sd.DiscreteVPSDE(torch.cat([torch.linspace(0.99, 0.5, 5), torch.linspace(0.4, 0.01, 5)]).double())
+    assert repr(a) == repr(b) and a != b and a.fingerprint() != b.fingerprint()
+    assert a == sd.DiscreteVPSDE(torch.linspace(0.99, 0.01, 10, dtype=torch.float64))
+    assert sd.VPSDE() == sd.VPSDE() and hash(sd.VPSDE()) == hash(sd.VPSDE())
+    assert sd.VPSDE() != sd.VPSDE(beta_max=19.0) and sd.VPSDE() != sd.SubVPSDE() and sd.VESDE() != sd.EDMSDE()
+    assert sd.VPSDE(beta_max=20 + 1e-9) != sd.VPSDE()  # repr would round this away
+    assert len({sd.VPSDE(), sd.VPSDE(), sd.VESDE()}) == 2
+
+
+def test_by_name_builds_the_named_sde():
+    assert sd.sde.by_name("edm") == sd.EDMSDE() and sd.sde.by_name("vp", beta_max=10.0) == sd.VPSDE(beta_max=10.0)
+    with pytest.raises(ValueError, match="sde must be one of: vp, cosine, subvp, ve, edm; got 'vpp'"):
+        sd.sde.by_name("vpp")

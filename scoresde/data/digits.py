@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import _checks
+
 __all__ = ["load_digits", "digits_split_indices", "DIGITS_TRAIN_SIZE", "DIGITS_TEST_SIZE", "DIGITS_SPLITS"]
 
 DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = 1500, 297
@@ -26,8 +28,7 @@ def digits_split_indices(split: str, total: int = DIGITS_TRAIN_SIZE + DIGITS_TES
     """Indices into scikit-learn's digits for `split`, shape (N,) int64. The permutation orders
     images by a SplitMix64 hash of (fixed seed, index), so it depends on no library's RNG and
     never changes: train = the first 1500, test = the other 297."""
-    if split not in DIGITS_SPLITS:
-        raise ValueError(f"split={split!r} is not valid; choose one of: {', '.join(DIGITS_SPLITS)}")
+    _checks.choice("split", split, DIGITS_SPLITS)
     order = sorted(range(total), key=lambda i: _splitmix64(_SPLIT_SEED * total + i))
     order = torch.tensor(order, dtype=torch.long)
     if split == "all":
@@ -41,8 +42,7 @@ def load_digits(
     """(images, labels): images (N, 1, 8, 8) scaled from grey levels 0..16 to [-1, 1] by
     x / 8 - 1, labels (N,) int64 in 0..9. N = 1500 ("train"), 297 ("test") or 1797 ("all",
     in scikit-learn's order)."""
-    if split not in DIGITS_SPLITS:
-        raise ValueError(f"split={split!r} is not valid; choose one of: {', '.join(DIGITS_SPLITS)}")
+    _checks.choice("split", split, DIGITS_SPLITS)
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as err:  # an optional (dev) dependency

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .. import _checks
 from .._utils import Time, as_time, expand_as_batch
 from ..model import ScoreModel
 from ..sde import AffineSDE
@@ -47,28 +48,28 @@ class GaussianMixture:
             raise ValueError(f"weights must have shape (K,) with K >= 1; got {tuple(weights.shape)}")
         k = weights.numel()
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError("weights must be finite and >= 0")
+            raise _checks.fail("weights", "finite and >= 0", weights)
         if abs(float(weights.sum()) - 1) > 1e-6:
-            raise ValueError(f"weights must sum to 1 (within 1e-6); they sum to {float(weights.sum()):.8g}")
+            raise _checks.fail("weights", "probabilities summing to 1 (within 1e-6)",
+                               f"a sum of {float(weights.sum()):.8g}")
         if means.ndim != 2 or means.shape[0] != k:
             raise ValueError(f"means must have shape (K, D) = ({k}, D); got {tuple(means.shape)}")
         d = means.shape[1]
         if covariances.shape != (k, d, d):
             raise ValueError(f"covariances must have shape (K, D, D) = ({k}, {d}, {d}); got {tuple(covariances.shape)}")
-        if not bool(torch.isfinite(means).all()) or not bool(torch.isfinite(covariances).all()):
-            raise ValueError("means and covariances must be finite")
+        _checks.finite("means", means)
+        _checks.finite("covariances", covariances)
         if not torch.allclose(covariances, covariances.transpose(1, 2), rtol=1e-10, atol=1e-12):
-            raise ValueError("covariances must be symmetric")
+            asymmetry = float((covariances - covariances.transpose(1, 2)).abs().max())
+            raise _checks.fail("covariances", "symmetric", f"max |C - C^T| = {asymmetry:.3g}")
         eigvals, eigvecs = torch.linalg.eigh(covariances)
         if bool((eigvals <= 0).any()):
-            raise ValueError(
-                f"covariances must be positive definite; smallest eigenvalue {float(eigvals.min()):.3g}"
-            )
+            raise _checks.fail("covariances", "positive definite", f"smallest eigenvalue {float(eigvals.min()):.3g}")
         if event_shape is None:
             event_shape = (d,)
         event_shape = tuple(int(s) for s in event_shape)
         if math.prod(event_shape) != d:
-            raise ValueError(f"event_shape {event_shape} must hold D = {d} elements")
+            raise _checks.fail("event_shape", f"a shape of D = {d} elements", event_shape)
         self.weights, self.means, self.covariances = weights, means, covariances
         self.eigvals, self.eigvecs = eigvals, eigvecs
         self.event_shape = event_shape
@@ -86,8 +87,7 @@ class GaussianMixture:
     @classmethod
     def ring(cls, modes: int = 8, radius: float = 1.5, std: float = 0.15) -> "GaussianMixture":
         """`modes` equal isotropic Gaussians on a circle in 2-D."""
-        if modes < 1:
-            raise ValueError(f"modes must be >= 1; got {modes}")
+        modes = _checks.integer("modes", modes, low=1)
         angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         cov = torch.eye(2, dtype=torch.float64).expand(modes, 2, 2) * std**2
@@ -97,8 +97,8 @@ class GaussianMixture:
     def random(cls, dim: int, components: int, seed: int = 0, scale: float = 1.0) -> "GaussianMixture":
         """Random weights, means ~ N(0, scale^2 I) and full anisotropic covariances (random
         rotations, eigenvalues log-uniform in [1e-3, 1e-1] scale^2), reproducible from `seed`."""
-        if dim < 1 or components < 1:
-            raise ValueError(f"dim and components must be >= 1; got dim={dim}, components={components}")
+        dim = _checks.integer("dim", dim, low=1)
+        components = _checks.integer("components", components, low=1)
         g = torch.Generator().manual_seed(seed)
         opts = dict(generator=g, dtype=torch.float64)
         weights = torch.rand(components, **opts) + 0.5
@@ -173,8 +173,7 @@ class GaussianMixture:
     def score_model(self, sde: AffineSDE, prediction: str = "eps") -> ScoreModel:
         """A `ScoreModel` whose 'network' is this mixture's exact answer in the given
         parameterization: every sampler runs on it without training, and counts NFE."""
-        if not sde.is_affine:
-            raise ValueError("the Gaussian-mixture oracle needs an affine SDE")
+        _checks.affine(sde, "the Gaussian-mixture oracle")
         oracle = _Oracle(self, sde)
         model = ScoreModel(oracle, sde, prediction=prediction, time_input="t")
         oracle.model = model

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .. import _checks
 from .gmm import GaussianMixture
 
 __all__ = [
@@ -26,12 +27,6 @@ def _draw_opts(generator: Optional[torch.Generator]) -> dict:
     return dict(generator=generator, dtype=torch.float64, device=device)
 
 
-def _check_n(n: int) -> int:
-    if int(n) != n or n < 0:
-        raise ValueError(f"n must be an integer >= 0; got {n!r}")
-    return int(n)
-
-
 def _finish(x: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return x.to(dtype=dtype, device=device if device is not None else x.device)
 
@@ -39,13 +34,15 @@ def _finish(x: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
 def ring_mixture(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> torch.Tensor:
     """8 isotropic Gaussians (std 0.15) on a circle of radius 1.5: `GaussianMixture.ring()`."""
-    return GaussianMixture.ring().sample(_check_n(n), generator, dtype=dtype, device=device)
+    n = _checks.integer("n", n, low=0)
+    return GaussianMixture.ring().sample(n, generator, dtype=dtype, device=device)
 
 
 def bimodal_1d(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Optional[torch.device] = None) -> torch.Tensor:
     """0.4 N(-1, 0.3^2) + 0.6 N(1, 0.3^2) in 1-D, shape (n, 1): `GaussianMixture.bimodal_1d()`."""
-    return GaussianMixture.bimodal_1d().sample(_check_n(n), generator, dtype=dtype, device=device)
+    n = _checks.integer("n", n, low=0)
+    return GaussianMixture.bimodal_1d().sample(n, generator, dtype=dtype, device=device)
 
 
 def two_moons(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
@@ -53,7 +50,7 @@ def two_moons(n: int, generator: Optional[torch.Generator] = None, dtype: torch.
     """Two interleaved half circles (as scikit-learn's make_moons, random split between the
     moons) plus N(0, noise^2) jitter, centred and scaled by 1.4 (per-coordinate std ~ 1.2, 0.7)."""
     opts = _draw_opts(generator)
-    n = _check_n(n)
+    n = _checks.integer("n", n, low=0)
     angle = math.pi * torch.rand(n, **opts)
     lower = torch.rand(n, **opts) < 0.5
     x = torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -66,7 +63,7 @@ def swiss_roll(n: int, generator: Optional[torch.Generator] = None, dtype: torch
                device: Optional[torch.device] = None, noise: float = 0.05) -> torch.Tensor:
     """The 2-D Swiss roll (u cos u, u sin u) / 7 with u ~ U(1.5 pi, 4.5 pi), plus N(0, noise^2)."""
     opts = _draw_opts(generator)
-    n = _check_n(n)
+    n = _checks.integer("n", n, low=0)
     u = 1.5 * math.pi * (1 + 2 * torch.rand(n, **opts))
     x = torch.stack([u * u.cos(), u * u.sin()], dim=1) / 7
     return _finish(x + noise * torch.randn(n, 2, **opts), dtype, device)
@@ -76,7 +73,7 @@ def checkerboard(n: int, generator: Optional[torch.Generator] = None, dtype: tor
                  device: Optional[torch.device] = None) -> torch.Tensor:
     """Uniform on the 8 dark squares of a 4x4 checkerboard covering [-2, 2]^2 (std ~ 1.15)."""
     opts = _draw_opts(generator)
-    n = _check_n(n)
+    n = _checks.integer("n", n, low=0)
     x1 = 4 * torch.rand(n, **opts) - 2
     row = torch.randint(0, 2, (n,), generator=generator, device=opts["device"]).to(torch.float64)
     x2 = torch.rand(n, **opts) - 2 * row + torch.floor(x1).remainder(2)  # square parity follows x1's column
@@ -88,10 +85,9 @@ def pinwheel(n: int, generator: Optional[torch.Generator] = None, dtype: torch.d
     """Johnson et al. (2016)'s pinwheel: `arms` Gaussian blobs (radial std 0.3, tangential std
     0.1 around (1, 0)), each bent by the angle 0.25 exp(radius) and rotated to its arm."""
     opts = _draw_opts(generator)
-    n = _check_n(n)
-    if int(arms) != arms or arms < 1:
-        raise ValueError(f"arms must be an integer >= 1; got {arms!r}")
-    arm = torch.randint(0, int(arms), (n,), generator=generator, device=opts["device"])
+    n = _checks.integer("n", n, low=0)
+    arms = _checks.integer("arms", arms, low=1)
+    arm = torch.randint(0, arms, (n,), generator=generator, device=opts["device"])
     feats = torch.randn(n, 2, **opts) * torch.tensor([0.3, 0.1], dtype=torch.float64, device=arm.device)
     feats[:, 0] += 1
     angle = arm.to(torch.float64) * (2 * math.pi / arms) + 0.25 * feats[:, 0].exp()
@@ -119,6 +115,4 @@ TOY_MIXTURES: Dict[str, Callable[[], GaussianMixture]] = {
 def sample_toy(name: str, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Optional[torch.device] = None) -> torch.Tensor:
     """n samples of the toy set `name` (one of TOYS)."""
-    if name not in TOYS:
-        raise ValueError(f"name={name!r} is not valid; choose one of: {', '.join(TOYS)}")
-    return TOYS[name](n, generator, dtype=dtype, device=device)
+    return TOYS[_checks.choice("name", name, TOYS)](n, generator, dtype=dtype, device=device)

@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 from torch import nn
 
+from .. import _checks
 from .embeddings import TIME_EMBEDDINGS, GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
 from .unet import UNet
@@ -22,6 +23,4 @@ NETS = {"MLP": MLP, "UNet": UNet}
 
 def build_net(name: str, config: Dict[str, Any]) -> nn.Module:
     """The network `NETS[name](**config)`, e.g. from a checkpoint's stored configuration."""
-    if name not in NETS:
-        raise ValueError(f"network {name!r} is not valid; choose one of: {', '.join(NETS)}")
-    return NETS[name](**config)
+    return NETS[_checks.choice("name", name, NETS)](**config)

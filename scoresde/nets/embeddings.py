@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from .. import _checks
+
 __all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "LabelEmbedding", "TIME_EMBEDDINGS", "make_time_embedding"]
 
 TIME_EMBEDDINGS = ("fourier", "sinusoidal")
@@ -27,10 +29,10 @@ class GaussianFourierEmbedding(nn.Module):
 
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
-        if dim < 2 or dim % 2:
-            raise ValueError(f"dim must be an even integer >= 2; got {dim!r}")
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0; got {scale!r}")
+        dim = _checks.integer("dim", dim, low=2)
+        if dim % 2:
+            raise _checks.fail("dim", "an even integer >= 2", dim)
+        scale = _checks.real("scale", scale, low=0, open_low=True)
         self.register_buffer("freqs", torch.randn(dim // 2) * scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -47,10 +49,11 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int, time_scale: float = 1000.0, max_period: float = 10000.0):
         super().__init__()
-        if dim < 2 or dim % 2:
-            raise ValueError(f"dim must be an even integer >= 2; got {dim!r}")
-        if not time_scale > 0 or not max_period > 1:
-            raise ValueError(f"time_scale must be > 0 and max_period > 1; got {time_scale!r}, {max_period!r}")
+        dim = _checks.integer("dim", dim, low=2)
+        if dim % 2:
+            raise _checks.fail("dim", "an even integer >= 2", dim)
+        time_scale = _checks.real("time_scale", time_scale, low=0, open_low=True)
+        max_period = _checks.real("max_period", max_period, low=1, open_low=True)
         half = dim // 2
         self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half), persistent=False)
         self.time_scale = float(time_scale)
@@ -62,11 +65,9 @@ class SinusoidalEmbedding(nn.Module):
 
 def make_time_embedding(kind: str, dim: int, fourier_scale: float = 16.0) -> nn.Module:
     """`kind` in TIME_EMBEDDINGS -> the embedding module, (B,) -> (B, dim)."""
-    if kind == "fourier":
+    if _checks.choice("time_embedding", kind, TIME_EMBEDDINGS) == "fourier":
         return GaussianFourierEmbedding(dim, scale=fourier_scale)
-    if kind == "sinusoidal":
-        return SinusoidalEmbedding(dim)
-    raise ValueError(f"time_embedding={kind!r} is not valid; choose one of: {', '.join(TIME_EMBEDDINGS)}")
+    return SinusoidalEmbedding(dim)
 
 
 class LabelEmbedding(nn.Module):
@@ -76,9 +77,7 @@ class LabelEmbedding(nn.Module):
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
-        self.num_classes = int(num_classes)
+        self.num_classes = _checks.integer("num_classes", num_classes, low=1)
         self.table = nn.Embedding(self.num_classes + 1, dim)
 
     def forward(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
@@ -88,7 +87,8 @@ class LabelEmbedding(nn.Module):
             raise ValueError(f"y must be an integer tensor of shape (B,) = ({batch},); got {y.dtype} {tuple(y.shape)}")
         elif y.device.type == "cpu" and y.numel() and not (0 <= int(y.min()) and int(y.max()) <= self.num_classes):
             # (checked on CPU only, to keep accelerator loops free of syncs)
-            raise ValueError(f"y must lie in [0, num_classes={self.num_classes}] (num_classes = null label)")
+            raise _checks.fail("y", f"labels in [0, num_classes={self.num_classes}] (num_classes = the null label)",
+                               f"values in [{int(y.min())}, {int(y.max())}]")
         return self.table(y)
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import _checks
 from .embeddings import LabelEmbedding, embed_time_and_label, make_time_embedding
 
 __all__ = ["MLP"]
@@ -59,13 +60,15 @@ class MLP(nn.Module):
         fourier_scale: float = 16.0,
     ):
         super().__init__()
-        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        dim = _checks.integer("dim", dim, low=1)
+        hidden = _checks.integer("hidden", hidden, low=1)
+        depth = _checks.integer("depth", depth, low=1)
         if hidden % 2:
-            raise ValueError(f"hidden must be even (it is also the time-embedding width); got {hidden}")
-        if cond_dim is not None and (int(cond_dim) != cond_dim or cond_dim < 1):
-            raise ValueError(f"cond_dim must be None or an integer >= 1; got {cond_dim!r}")
+            raise _checks.fail("hidden", "even (it is also the time-embedding width)", hidden)
+        if cond_dim is not None:
+            cond_dim = _checks.integer("cond_dim", cond_dim, low=1)
+        if num_classes is not None:
+            num_classes = _checks.integer("num_classes", num_classes, low=1)
         self.config = dict(
             dim=int(dim), hidden=int(hidden), depth=int(depth), time_embedding=time_embedding,
             cond_dim=None if cond_dim is None else int(cond_dim),

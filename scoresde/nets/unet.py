@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import _checks
 from .embeddings import LabelEmbedding, embed_time_and_label, make_time_embedding
 
 __all__ = ["UNet"]
@@ -69,19 +70,20 @@ class UNet(nn.Module):
         fourier_scale: float = 16.0,
     ):
         super().__init__()
-        channel_mults = [int(m) for m in channel_mults]
-        for name, value in (("in_channels", in_channels), ("base_channels", base_channels), ("groups", groups)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-        if int(num_res_blocks) != num_res_blocks or num_res_blocks < 0:
-            raise ValueError(f"num_res_blocks must be an integer >= 0; got {num_res_blocks!r}")
-        if not channel_mults or min(channel_mults) < 1:
-            raise ValueError(f"channel_mults must be a non-empty sequence of integers >= 1; got {channel_mults!r}")
+        in_channels = _checks.integer("in_channels", in_channels, low=1)
+        base_channels = _checks.integer("base_channels", base_channels, low=1)
+        groups = _checks.integer("groups", groups, low=1)
+        num_res_blocks = _checks.integer("num_res_blocks", num_res_blocks, low=0)
+        if num_classes is not None:
+            num_classes = _checks.integer("num_classes", num_classes, low=1)
+        channel_mults = [_checks.integer(f"channel_mults[{i}]", m, low=1) for i, m in enumerate(channel_mults)]
+        if not channel_mults:
+            raise _checks.fail("channel_mults", "a non-empty sequence of integers >= 1", channel_mults)
         widths = [base_channels * m for m in channel_mults]
         if any(w % groups for w in widths):
-            raise ValueError(f"groups={groups} must divide every level width {widths} (base_channels * channel_mults)")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1); got {dropout!r}")
+            raise _checks.fail("groups", f"a divisor of every level width {widths} (base_channels * channel_mults)",
+                               groups)
+        dropout = _checks.real("dropout", dropout, low=0, high=1, open_high=True)
         self.config = dict(
             in_channels=int(in_channels), base_channels=int(base_channels), channel_mults=channel_mults,
             num_res_blocks=int(num_res_blocks), groups=int(groups), time_embedding=time_embedding,
