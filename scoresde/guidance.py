@@ -32,33 +32,23 @@ Inpainting is a state hook of the solver loop: `scoresde.solvers.hooks.Inpaintin
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
+from . import _checks
 from .model import ScoreModel
 
 __all__ = ["ClassifierFree", "Classifier"]
-
-
-def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be a finite number >= 0 (0: unconditional, 1: conditional); got {scale!r}")
-    return float(scale)
-
-
-def _check_model(model: object) -> ScoreModel:
-    if not isinstance(model, ScoreModel):
-        raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
-    return model
 
 
 class _Guided(ScoreModel):
     """A ScoreModel serving a modified output of `model` (same SDE, prediction, time input)."""
 
     def __init__(self, model: ScoreModel):
-        _check_model(model)
+        if not isinstance(model, ScoreModel):
+            # the type, not the repr: a network's repr runs over many lines
+            raise _checks.ArgumentError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
         super().__init__(model.net, model.sde, model.prediction, model.time_input, model.sigma_data)
         self.model = model
 
@@ -85,9 +75,9 @@ class ClassifierFree(_Guided):
 
     def __init__(self, model: ScoreModel, cond: torch.Tensor, scale: float, null: Optional[torch.Tensor] = None):
         super().__init__(model)
-        self.scale = _check_scale(scale)
+        self.scale = _checks.real("scale", scale, low=0)
         if not isinstance(cond, torch.Tensor) or cond.ndim == 0:
-            raise ValueError("cond must be a tensor: labels (B,) or a continuous condition (B, cond_dim)")
+            raise _checks.fail("cond", "a tensor: labels (B,) or a continuous condition (B, cond_dim)", cond)
         net = model.net
         if cond.is_floating_point():
             self.key = "cond"
@@ -158,14 +148,14 @@ class Classifier(_Guided):
                  y: torch.Tensor, scale: float):
         super().__init__(model)
         if not callable(classifier):
-            raise ValueError("classifier must be a callable (x, t) -> logits (B, K)")
+            raise _checks.fail("classifier", "a callable (x, t) -> logits (B, K)", classifier)
         if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
             raise ValueError(f"y must be an integer tensor of shape (B,); got {getattr(y, 'dtype', type(y))} "
                              f"{tuple(getattr(y, 'shape', ()))}")
         if y.numel() and int(y.min()) < 0:
             raise ValueError(f"y must lie in [0, K) for a classifier with K classes; got minimum {int(y.min())}")
         self.classifier, self.y = classifier, y
-        self.scale = _check_scale(scale)
+        self.scale = _checks.real("scale", scale, low=0)
         self.classifier_evals = 0
 
     def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

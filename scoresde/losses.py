@@ -47,7 +47,6 @@ from typing import Optional
 import torch
 
 from . import _checks
-from ._utils import expand_as_batch
 from .classifier import NoisyClassifier
 from .model import ScoreModel
 from .sde import AffineSDE
@@ -62,10 +61,7 @@ EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
 
 
 def _check_affine(sde) -> AffineSDE:
-    if not getattr(sde, "is_affine", False):
-        raise ValueError(
-            f"denoising score matching needs an affine SDE (a Gaussian x_t | x0); got {type(sde).__name__}"
-        )
+    _checks.affine(sde, "denoising score matching (a Gaussian x_t | x0)")
     return sde
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Tuple, Union
 import torch
 
 from . import _checks
-from ._utils import Time, as_time, expand_as_batch
+from ._utils import Time, expand_as_batch
 from .sde import SDE, AffineSDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS"]
@@ -50,20 +50,16 @@ class ScoreModel(torch.nn.Module):
         super().__init__()
         _checks.choice("prediction", prediction, PREDICTIONS)
         if not isinstance(sde, SDE):
-            raise ValueError(f"sde must be a scoresde.SDE; got {type(sde).__name__}")
-        if prediction != "score" and not sde.is_affine:
-            raise ValueError(
-                f"prediction={prediction!r} needs an affine SDE (alpha, sigma); "
-                f"{type(sde).__name__} is not affine, use prediction='score'"
-            )
+            raise _checks.fail("sde", "a scoresde.SDE", sde)
+        if prediction != "score":
+            _checks.affine(sde, f"prediction={prediction!r} (any but 'score')")
         if time_input is None:
             time_input = "c_noise" if prediction == "edm" else "t"
         if not callable(time_input):
             _checks.choice("time_input", time_input, TIME_INPUTS)
-            if time_input != "t" and not sde.is_affine:
-                raise ValueError(f"time_input={time_input!r} needs an affine SDE; use 't' or a callable")
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0; got {sigma_data!r}")
+            if time_input != "t":
+                _checks.affine(sde, f"time_input={time_input!r} (any but 't' or a callable)")
+        sigma_data = _checks.real("sigma_data", sigma_data, low=0, open_low=True)
         self.net = net
         self.sde = sde
         self.prediction = prediction

@@ -199,27 +199,23 @@ def _time_derivative(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor
     return d
 
 
-def _check_positive(name: str, value: float, lower: float = 0.0) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= lower:
-        raise ValueError(f"{name} must be a finite number > {lower:g}; got {value!r}")
-    return value
+def _check_unit_interval(name: str, values: torch.Tensor, why: str = "") -> None:
+    """Refuse a table of coefficients (betas, alphas_cumprod) with a value outside (0, 1)."""
+    if values.numel() and not bool(((values > 0) & (values < 1)).all()):
+        given = f"values in [{float(values.min()):g}, {float(values.max()):g}]"
+        raise _checks.fail(name, "values in (0, 1)" + why, given)
 
 
 class _LinearBetaSDE(AffineSDE):
     """Shared by VP and sub-VP: drift -beta(t)/2 x with beta(t) = beta_min + t (beta_max - beta_min)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_eps: float = 1e-3):
-        beta_min = float(beta_min)
-        if not math.isfinite(beta_min) or beta_min < 0:
-            raise ValueError(f"beta_min must be a finite number >= 0; got {beta_min!r}")
-        if not math.isfinite(float(beta_max)) or beta_max <= beta_min:
-            raise ValueError(f"beta_max must be finite and > beta_min = {beta_min:g}; got {beta_max!r}")
-        self.beta_min, self.beta_max = beta_min, float(beta_max)
-        self.T = _check_positive("T", T)
-        if not 0 < t_eps < self.T:
-            raise ValueError(f"t_eps must lie in (0, T={self.T:g}); got {t_eps!r}")
-        self.t_eps = float(t_eps)
+        self.beta_min = _checks.real("beta_min", beta_min, low=0)
+        self.beta_max = _checks.real("beta_max", beta_max)
+        if self.beta_max <= self.beta_min:
+            raise _checks.fail("beta_max", f"> beta_min = {self.beta_min:g}", beta_max)
+        self.T = _checks.real("T", T, low=0, open_low=True)
+        self.t_eps = _checks.real("t_eps", t_eps, low=0, high=self.T, open_low=True, open_high=True)
 
     def _params(self) -> dict:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max}
@@ -273,22 +269,20 @@ class VPSDE(_LinearBetaSDE):
         n = betas.numel()
         if n < 2:
             raise ValueError(f"betas must hold at least 2 values; got {n}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must lie in (0, 1)")
+        _check_unit_interval("betas", betas)
         linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
         if not torch.allclose(betas, linear, rtol=rtol, atol=0):
-            raise ValueError(
-                "betas must be a linear schedule (beta_i = beta_1 + (i-1)(beta_N - beta_1)/(N-1)) "
-                "to map to VPSDE's linear beta(t)"
-            )
+            deviation = float(((betas - linear).abs() / linear).max())
+            raise _checks.fail("betas", "a linear schedule (beta_i = beta_1 + (i-1)(beta_N - beta_1)/(N-1)) to map "
+                               f"to VPSDE's linear beta(t), within rtol={rtol:g}",
+                               f"a relative deviation of {deviation:.3g} from linear")
         return cls(beta_min=n * float(betas[0]), beta_max=n * float(betas[-1]))
 
     def discrete_betas(self, N: int) -> torch.Tensor:
         """The N betas of the DDPM chain matching this SDE: beta_i = beta(t_{i-1}) / N with
         t_{i-1} = (i-1)/(N-1), float64, shape (N,). Inverse of `from_betas`."""
-        if int(N) != N or N < 2:
-            raise ValueError(f"N must be an integer >= 2; got {N!r}")
-        frac = torch.linspace(0, 1, int(N), dtype=torch.float64)
+        N = _checks.integer("N", N, low=2)
+        frac = torch.linspace(0, 1, N, dtype=torch.float64)
         return (self.beta_min + frac * (self.beta_max - self.beta_min)) / N
 
 
@@ -312,13 +306,13 @@ class DiscreteVPSDE(AffineSDE):
         n = ac.numel()
         if n < 2:
             raise ValueError(f"alphas_cumprod must hold at least 2 values; got {n}")
-        if not bool(torch.isfinite(ac).all()) or not bool(((ac > 0) & (ac < 1)).all()):
-            raise ValueError(
-                "alphas_cumprod must lie in (0, 1): alpha_bar = 1 is no noise, alpha_bar = 0 (zero terminal "
-                f"SNR) has no finite log-SNR; got values in [{float(ac.min()):g}, {float(ac.max()):g}]"
-            )
+        _check_unit_interval("alphas_cumprod", ac, " (alpha_bar = 1 is no noise; alpha_bar = 0, zero terminal SNR, "
+                             "has no finite log-SNR)")
         if not bool((ac[1:] < ac[:-1]).all()):
-            raise ValueError("alphas_cumprod must be strictly decreasing (more noise at every timestep)")
+            k = int((ac[1:] >= ac[:-1]).nonzero()[0])
+            raise _checks.fail("alphas_cumprod", "strictly decreasing (more noise at every timestep)",
+                               f"alphas_cumprod[{k + 1}] = {float(ac[k + 1]):g} >= "
+                               f"alphas_cumprod[{k}] = {float(ac[k]):g}")
         self.alphas_cumprod = ac
         self.num_train_timesteps = n
         self.T, self.t_eps = 1.0, 1.0 / n
@@ -329,8 +323,7 @@ class DiscreteVPSDE(AffineSDE):
     def from_betas(cls, betas: Sequence[float] | torch.Tensor) -> "DiscreteVPSDE":
         """The chain x_k = sqrt(1 - beta_k) x_{k-1} + sqrt(beta_k) z, any beta schedule in (0, 1)."""
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must lie in (0, 1)")
+        _check_unit_interval("betas", betas)
         return cls(torch.cumprod(1 - betas, 0))
 
     def _params(self) -> dict:
@@ -414,15 +407,9 @@ class CosineVPSDE(AffineSDE):
     T defaults to 0.9946 (as in DPM-Solver), where alpha(T) ~ 0.008, since alpha(1) = 0."""
 
     def __init__(self, s: float = 0.008, T: float = 0.9946, t_eps: float = 1e-3):
-        if not math.isfinite(float(s)) or s < 0:
-            raise ValueError(f"s must be a finite number >= 0; got {s!r}")
-        self.s = float(s)
-        if not 0 < T < 1:
-            raise ValueError(f"T must lie in (0, 1) for the cosine schedule (alpha(1) = 0); got {T!r}")
-        self.T = float(T)
-        if not 0 < t_eps < self.T:
-            raise ValueError(f"t_eps must lie in (0, T={self.T:g}); got {t_eps!r}")
-        self.t_eps = float(t_eps)
+        self.s = _checks.real("s", s, low=0)
+        self.T = _checks.real("T", T, low=0, high=1, open_low=True, open_high=True)  # alpha(1) = 0
+        self.t_eps = _checks.real("t_eps", t_eps, low=0, high=self.T, open_low=True, open_high=True)
         self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
 
     def _params(self) -> dict:
@@ -475,10 +462,10 @@ class _UnitAlphaSDE(AffineSDE):
     """Shared by VE and EDM: no drift (alpha = 1), noise level between sigma_min and sigma_max."""
 
     def _set_noise_range(self, sigma_min: float, sigma_max: float) -> None:
-        self.sigma_min = _check_positive("sigma_min", sigma_min)
-        if not math.isfinite(float(sigma_max)) or sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must be finite and > sigma_min = {self.sigma_min:g}; got {sigma_max!r}")
-        self.sigma_max = float(sigma_max)
+        self.sigma_min = _checks.real("sigma_min", sigma_min, low=0, open_low=True)
+        self.sigma_max = _checks.real("sigma_max", sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            raise _checks.fail("sigma_max", f"> sigma_min = {self.sigma_min:g}", sigma_max)
         self.prior_std = self.sigma_max
 
     def _params(self) -> dict:
@@ -501,9 +488,7 @@ class VESDE(_UnitAlphaSDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
         self._set_noise_range(sigma_min, sigma_max)
         self.T = 1.0
-        if not 0 < t_eps < self.T:
-            raise ValueError(f"t_eps must lie in (0, 1); got {t_eps!r}")
-        self.t_eps = float(t_eps)
+        self.t_eps = _checks.real("t_eps", t_eps, low=0, high=self.T, open_low=True, open_high=True)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def log_sigma(self, t: Time) -> torch.Tensor:

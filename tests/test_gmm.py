@@ -97,7 +97,7 @@ def test_same_seed_same_samples():
     "args, match",
     [
         (([0.5, 0.6], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), r"weights must be probabilities summing to 1 \(within 1e-6\); got 'a sum of 1.1'"),
-        (([-0.5, 1.5], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), r"weights must be finite and >= 0; got tensor\(\[-0.5000,  1.5000\]"),
+        (([-0.5, 1.5], [[0.0], [1.0]], [[[1.0]], [[1.0]]]), r"weights must be finite and >= 0; got tensor\(\[-0.5000, +1.5000\]"),
         (([1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]]), "covariances must be positive definite; got 'smallest eigenvalue -1'"),
         (([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.0, 1.0]]]), r"covariances must be symmetric; got 'max \|C - C\^T\| = 0.5'"),
         (([1.0], [[0.0, 0.0]], [[[1.0]]]), r"covariances must have shape \(K, D, D\)"),

@@ -285,10 +285,14 @@ def test_bad_guidance_inputs_raise_clear_errors():
         ClassifierFree(model, torch.tensor([-1]), 1.0)
     with pytest.raises(ValueError, match=r"cond \(labels\) must have shape \(B,\)"):
         ClassifierFree(model, torch.zeros(2, 1, dtype=torch.long), 1.0)
-    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0; got -1.0"):
         ClassifierFree(model, torch.tensor([0, 1]), -1.0)
-    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0; got nan"):
         ClassifierFree(model, torch.tensor([0, 1]), float("nan"))
+    with pytest.raises(ValueError, match=r"cond must be a tensor: labels \(B,\) .*; got \[0, 1\]"):
+        ClassifierFree(model, [0, 1], 1.0)
+    with pytest.raises(ValueError, match="model must be a scoresde.ScoreModel; got ClassOracle"):
+        ClassifierFree(model.net, torch.tensor([0, 1]), 1.0)
     with pytest.raises(ValueError, match="has no cond_dim"):
         ClassifierFree(model, torch.zeros(2, 3), 1.0)
     with pytest.raises(ValueError, match="x has batch 3 but cond was given for a batch of 2"):
@@ -303,8 +307,10 @@ def test_bad_guidance_inputs_raise_clear_errors():
         Classifier(gmm.score_model(sde), posterior, torch.zeros(2), 1.0)
     with pytest.raises(ValueError, match=r"y must lie in \[0, K\) = \[0, 4\)"):
         Classifier(gmm.score_model(sde), posterior, torch.tensor([1, 4]), 1.0).score(torch.zeros(2, 2, dtype=F64), 0.5)
-    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0; got -0.5"):
         Classifier(gmm.score_model(sde), posterior, torch.tensor([1]), -0.5)
+    with pytest.raises(ValueError, match=r"classifier must be a callable \(x, t\) -> logits \(B, K\); got 3"):
+        Classifier(gmm.score_model(sde), 3, torch.tensor([1]), 1.0)
 
 
 def test_bad_inpainting_inputs_raise_clear_errors():

@@ -105,13 +105,18 @@ def test_module_parameters_are_registered():
     "kwargs, match",
     [
         (dict(prediction="noise"), "prediction must be one of: score, eps, x0, v, edm; got 'noise'"),
-        (dict(time_input="1000t"), "time_input"),
-        (dict(sigma_data=0.0), "sigma_data"),
+        (dict(time_input="1000t"), "time_input must be one of: t, 999t, sigma, log_sigma, c_noise; got '1000t'"),
+        (dict(sigma_data=0.0), "sigma_data must be a finite number > 0; got 0.0"),
     ],
 )
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sd.ScoreModel(lambda x, t: x, sd.VPSDE(), **kwargs)
+
+
+def test_bad_sde_argument():
+    with pytest.raises(ValueError, match="sde must be a scoresde.SDE; got 'vp'"):
+        sd.ScoreModel(lambda x, t: x, "vp")
 
 
 def test_bad_call_arguments():

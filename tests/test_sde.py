@@ -106,7 +106,7 @@ def test_alphas_cumprod_matches_continuous_alpha_at_first_order():
 
 def test_from_betas_refuses_a_nonlinear_schedule():
     betas = torch.linspace(1e-2, 0.14, 100) ** 2
-    with pytest.raises(ValueError, match="linear"):
+    with pytest.raises(ValueError, match="betas must be a linear schedule .*; got 'a relative deviation of .* from linear'"):
         sd.VPSDE.from_betas(betas)
 
 
@@ -146,25 +146,33 @@ def test_user_defined_nonaffine_sde():
     assert not sde.is_affine
     x = torch.tensor([[2.0]])
     torch.testing.assert_close(sde.reverse(lambda x, t: torch.zeros_like(x)).drift(x, 0.5), torch.tensor([[-6.0]]))
-    with pytest.raises(ValueError, match="affine"):
+    with pytest.raises(ValueError, match="prediction='eps' .*needs an affine SDE .*; got DoubleWell"):
         sd.ScoreModel(lambda x, t: x, sde, prediction="eps")
 
 
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: sd.VPSDE(beta_min=-1), "beta_min"),
-        (lambda: sd.VPSDE(beta_min=1, beta_max=1), "beta_max"),
-        (lambda: sd.SubVPSDE(beta_max=float("nan")), "beta_max"),
-        (lambda: sd.VESDE(sigma_min=0), "sigma_min"),
-        (lambda: sd.VESDE(sigma_min=1, sigma_max=0.5), "sigma_max"),
-        (lambda: sd.EDMSDE(sigma_min=-0.1), "sigma_min"),
-        (lambda: sd.EDMSDE(sigma_max=0.001), "sigma_max"),
-        (lambda: sd.CosineVPSDE(T=1.0), "T"),
+        (lambda: sd.VPSDE(beta_min=-1), "beta_min must be a finite number >= 0; got -1"),
+        (lambda: sd.VPSDE(beta_min=1, beta_max=1), "beta_max must be > beta_min = 1; got 1"),
+        (lambda: sd.SubVPSDE(beta_max=float("nan")), "beta_max must be a finite number; got nan"),
+        (lambda: sd.VESDE(sigma_min=0), "sigma_min must be a finite number > 0; got 0"),
+        (lambda: sd.VESDE(sigma_min=1, sigma_max=0.5), "sigma_max must be > sigma_min = 1; got 0.5"),
+        (lambda: sd.EDMSDE(sigma_min=-0.1), "sigma_min must be a finite number > 0; got -0.1"),
+        (lambda: sd.EDMSDE(sigma_max=0.001), "sigma_max must be > sigma_min = 0.002; got 0.001"),
+        (lambda: sd.CosineVPSDE(T=1.0), r"T must be a finite number in \(0, 1\); got 1.0"),
         (lambda: sd.VPSDE().alpha(1.5), r"\[0, 1\]"),
         (lambda: sd.EDMSDE().sigma(torch.tensor([-1.0, 2.0])), "t must be times in"),
-        (lambda: sd.VPSDE().discrete_betas(1), "N"),
-        (lambda: sd.VPSDE().marginal(torch.zeros(2, 3), 0.5, noise=torch.zeros(2, 2)), "noise"),
+        (lambda: sd.VPSDE().discrete_betas(1), "N must be an integer >= 2; got 1"),
+        (lambda: sd.VPSDE().discrete_betas(4.0), "N must be an integer >= 2; got 4.0"),
+        (lambda: sd.VPSDE(t_eps=1.0), r"t_eps must be a finite number in \(0, 1\); got 1.0"),
+        (lambda: sd.CosineVPSDE(s=-0.1), "s must be a finite number >= 0; got -0.1"),
+        (lambda: sd.VESDE(t_eps=0), r"t_eps must be a finite number in \(0, 1\); got 0"),
+        (lambda: sd.DiscreteVPSDE([0.9, 0.95]),
+         r"alphas_cumprod must be strictly decreasing .*; got 'alphas_cumprod\[1\] = 0.95 >= alphas_cumprod\[0\] = 0.9'"),
+        (lambda: sd.DiscreteVPSDE.from_betas([0.1, 1.2]), r"betas must be values in \(0, 1\); got 'values in \[0.1, 1.2\]'"),
+        (lambda: sd.VPSDE().marginal(torch.zeros(2, 3), 0.5, noise=torch.zeros(2, 2)),
+         r"noise must have the shape of x0 \(2, 3\); got \(2, 2\)"),
     ],
 )
 def test_bad_parameters_raise_value_error(make, match):

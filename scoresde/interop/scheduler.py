@@ -7,7 +7,7 @@ Nothing here imports diffusers: a scheduler to copy is read through its attribut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 

@@ -1,5 +1,5 @@
 """What every solver loop shares: the grid's coefficients (`Grid`), the multistep history
-(`History`, `multistep_order`) and the per-step bookkeeping (`Loop`: the state hook, finite
+(`History`, `multistep_order`), the noise of SDE solvers (`Noise`) and the per-step bookkeeping (`Loop`: the state hook, finite
 check, user callback, trajectory, progress bar)."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 from ..sde import SDE
 
-__all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "LOWER_ORDER_FINAL_BELOW"]
+__all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "Noise", "NoiseFn",
+           "LOWER_ORDER_FINAL_BELOW"]
 
 
 class NonFiniteError(RuntimeError):
@@ -84,6 +85,23 @@ class History:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+#: a user noise source: like -> standard normal draws shaped like `like`
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Noise:
+    """Standard normal draws shaped like x for SDE solvers, from `generator` or from a user
+    `noise_fn` (to share a Brownian path between solvers, or to probe a sampler in tests)."""
+
+    def __init__(self, generator: Optional[torch.Generator], noise_fn: Optional[NoiseFn] = None):
+        self.generator, self.noise_fn = generator, noise_fn
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        if self.noise_fn is not None:
+            return self.noise_fn(like)
+        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
 
 
 #: hook(x, t, last) -> x: the state after a step with part of it changed (e.g. inpainting's

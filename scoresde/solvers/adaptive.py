@@ -1,16 +1,14 @@
 """Adaptive step-size reverse-SDE solver ("Gotta Go Fast", Jolicoeur-Martineau et al. 2021)."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ._loop import Loop, NonFiniteError
+from ._loop import Loop, Noise, NoiseFn, NonFiniteError
 from .registry import register
-from .sde import NoiseFn, _Noise
 
 __all__ = ["adaptive_sde"]
 
@@ -40,7 +38,7 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
     max_evals = _checks.integer("max_evals", max_evals, low=1)
     t_start, t_end = float(ts[0]), float(ts[-1])
     batch = x.shape[0]
-    draw = _Noise(generator, noise_fn)
+    draw = Noise(generator, noise_fn)
     reverse = model.sde.reverse(model.score)
     opts = dict(dtype=torch.float64, device=x.device)
     t = torch.full((batch,), t_start, **opts)

@@ -9,7 +9,7 @@ import torch
 
 from .. import _checks
 from ..model import ScoreModel
-from ..schedules import GridProvider, ScheduleSpec, get_schedule
+from ..schedules import ScheduleSpec, get_schedule
 from ..sde import SDE
 from ._loop import Loop, StateHook
 from .hooks import Inpainting

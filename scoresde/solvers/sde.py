@@ -1,8 +1,8 @@
 """Reverse-time SDE samplers: dx = [f - g^2 score] dt + g dW_bar, integrated from T down to t_end.
 
-Noise comes from `_Noise`, which draws N(0, I) from the caller's generator, or from a user
-`noise_fn` callable (to share a Brownian path between solvers, or to probe a sampler's linear
-response in tests). With `final_mean=True` (default) the last step returns its noise-free mean,
+Noise comes from `Noise` (`_loop.py`): N(0, I) from the caller's generator, or a user `noise_fn`
+callable (to share a Brownian path between solvers, or to probe a sampler's linear response in
+tests). With `final_mean=True` (default) the last step returns its noise-free mean,
 as Song et al.'s samplers do with `denoise=True`: no extra evaluation, and no noise added at
 t_end. `euler-maruyama`, `reverse-diffusion` and `ancestral` are the predictor-only members of
 the predictor-corrector family (`pc` with `corrector_steps=0`).
@@ -10,32 +10,17 @@ the predictor-corrector family (`pc` with `corrector_steps=0`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ..model import ScoreModel
-from ._loop import Grid, History, Loop, multistep_order
+from ._loop import Grid, History, Noise, NoiseFn, multistep_order
 from .registry import register
 
 __all__ = ["euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "pc", "sde_heun", "edm_sde",
            "dpm_sde", "langevin_step_size", "PREDICTORS"]
-
-NoiseFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class _Noise:
-    """Standard normal draws shaped like x, from `generator` or from a user callable."""
-
-    def __init__(self, generator: Optional[torch.Generator], noise_fn: Optional[NoiseFn]):
-        self.generator, self.noise_fn = generator, noise_fn
-
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        if self.noise_fn is not None:
-            return self.noise_fn(like)
-        return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
 
 
 # ---- predictors: one step from g.t[i] to g.t[i+1] < g.t[i], returning (x, its noise-free mean) --
@@ -114,7 +99,7 @@ def pc(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] = None
     predict, needs_affine = PREDICTORS[predictor]
     if needs_affine:
         _checks.affine(model.sde, f"predictor={predictor!r}")
-    g, draw = loop.grid, _Noise(generator, noise_fn)
+    g, draw = loop.grid, Noise(generator, noise_fn)
     for i, t, t_next in loop.steps():
         a = g.transition(i)[0] ** 2 if model.sde.is_affine else 1.0
         sigma = g.sigma[i] if corrector == "ald" else None
@@ -138,7 +123,7 @@ def pc(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] = None
 def sde_heun(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] = None,
              final_mean: bool = True) -> torch.Tensor:
     # Jolicoeur-Martineau et al. 2021, eq. 4 (improved Euler for additive noise), reverse time
-    draw, reverse = _Noise(generator, noise_fn), model.sde.reverse(model.score)
+    draw, reverse = Noise(generator, noise_fn), model.sde.reverse(model.score)
     for i, t, t_next in loop.steps():
         dt = t - t_next
         z = draw(x) * math.sqrt(dt)
@@ -162,7 +147,7 @@ def edm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
     S_churn, S_tmin, S_tmax, S_noise = (_checks.real(name, value, low=0) for name, value in
                                         (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_tmax", S_tmax),
                                          ("S_noise", S_noise)))
-    g, draw = loop.grid, _Noise(generator, noise_fn)
+    g, draw = loop.grid, Noise(generator, noise_fn)
     sigma_hat, sigma_hat_max = g.sigma_hat, float(torch.exp(-model.sde.log_snr(model.sde.T)))  # at T, not ts[0]
     gamma_max = math.sqrt(2) - 1
     for i, t, t_next in loop.steps():
@@ -195,7 +180,7 @@ def dpm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
     (2M)) and the reverse SDE (eta = 1). The second-order term (history=2) is DPM-Solver++(2M)'s."""
     history = _checks.integer("history", history, 1, 2)
     eta = _checks.real("eta", eta, low=0)
-    g, draw, x0s = loop.grid, _Noise(generator, noise_fn), History(2)
+    g, draw, x0s = loop.grid, Noise(generator, noise_fn), History(2)
     for i, t, t_next in loop.steps():
         x0_pred = model.x0(x, t)
         x0s.push(g.lam[i], x0_pred)
