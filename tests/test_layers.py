@@ -32,8 +32,8 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     assert config["contracts"][0]["type"] == "layers"
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    sde = tmp_path / "scoresde" / "sde.py"
-    sde.write_text(sde.read_text() + "\n\ndef _upward():\n    from . import solvers  # noqa: F401\n")
+    sde = tmp_path / "scoresde" / "sde" / "base.py"
+    sde.write_text(sde.read_text() + "\n\ndef _upward():\n    from .. import solvers  # noqa: F401\n")
     result = _lint(tmp_path)
     assert result.returncode != 0
-    assert "BROKEN" in result.stdout and "scoresde.sde -> scoresde.solvers" in result.stdout, result.stdout
+    assert "BROKEN" in result.stdout and "scoresde.sde.base -> scoresde.solvers" in result.stdout, result.stdout
