@@ -194,3 +194,13 @@ class Classifier(_Guided):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
+
+#: names that moved to another module, and where they went
+_MOVED = {"Inpainting": "scoresde.solvers.Inpainting (a state hook of the solver loop)",
+          "NoisyClassifier": "scoresde.classifier.NoisyClassifier", "classifier_loss": "scoresde.losses.classifier_loss"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(f"scoresde.guidance.{name} moved to {_MOVED[name]}")
+    raise AttributeError(f"module 'scoresde.guidance' has no attribute {name!r}")

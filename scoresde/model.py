@@ -176,7 +176,7 @@ class ScoreModel(torch.nn.Module):
     def _scaled_sigma(self, x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """alpha and the noise level sigma / alpha = exp(-lambda) of x / alpha."""
         sde: AffineSDE = self.sde  # type: ignore[assignment]
-        return expand_as_batch(sde.alpha(t), x), expand_as_batch(torch.exp(-sde.log_snr(t)), x)
+        return expand_as_batch(sde.alpha(t), x), expand_as_batch(sde.sigma_hat(t), x)
 
     def _c_skip(self, s: torch.Tensor) -> torch.Tensor:
         return self.sigma_data**2 / (s**2 + self.sigma_data**2)

@@ -64,8 +64,8 @@ def karras(sde: AffineSDE, steps: int, t_end: Optional[float] = None, rho: float
     t_end = _check(sde, steps, t_end)
     _checks.affine(sde, "schedule='karras'")
     rho = _checks.real("rho", rho, low=0, open_low=True)
-    s_max = float(torch.exp(-sde.log_snr(sde.T))) ** (1 / rho)
-    s_min = float(torch.exp(-sde.log_snr(t_end))) ** (1 / rho)
+    s_max = float(sde.sigma_hat(sde.T)) ** (1 / rho)
+    s_min = float(sde.sigma_hat(t_end)) ** (1 / rho)
     sigma_hat = torch.linspace(s_max, s_min, int(steps) + 1, dtype=torch.float64) ** rho
     return _pin_ends(sde.t_of_log_snr(-torch.log(sigma_hat)), sde.T, t_end)
 
@@ -119,3 +119,13 @@ def _pin_ends(ts: torch.Tensor, T: float, t_end: float) -> torch.Tensor:
 
 
 ScheduleSpec = Union[str, Sequence[float], torch.Tensor, GridProvider]
+
+#: names that moved to another module, and where they went
+_MOVED = {"optimize": "scoresde.tuning.optimize", "OptimizedSchedule": "scoresde.tuning.OptimizedSchedule",
+          "MIN_CALIBRATION": "scoresde.tuning.MIN_CALIBRATION"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(f"scoresde.schedules.{name} moved to {_MOVED[name]} (schedules are pure grids)")
+    raise AttributeError(f"module 'scoresde.schedules' has no attribute {name!r}")

@@ -115,3 +115,12 @@ def test_state_hook_sees_every_step_and_the_final_state():
     assert seen == [(1.0, False), (0.5, False), (0.001, True)]
     with pytest.raises(ValueError, match="solver must be one that steps on the grid itself.*; got 'torchdiffeq'"):
         sd.sample(model, shape=(4, 2), solver="torchdiffeq", state_hook=hook)
+
+
+def test_moved_names_say_where_they_went():
+    with pytest.raises(AttributeError, match="scoresde.schedules.optimize moved to scoresde.tuning.optimize"):
+        sd.schedules.optimize
+    with pytest.raises(AttributeError, match="scoresde.guidance.Inpainting moved to scoresde.solvers.Inpainting"):
+        sd.guidance.Inpainting
+    with pytest.raises(AttributeError, match="classifier_loss moved to scoresde.losses.classifier_loss"):
+        sd.guidance.classifier_loss

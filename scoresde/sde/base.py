@@ -141,6 +141,10 @@ class AffineSDE(SDE):
         """lambda(t) = log(alpha / sigma), decreasing in t."""
         return self.log_alpha(t) - self.log_sigma(t)
 
+    def sigma_hat(self, t: Time) -> torch.Tensor:
+        """sigma / alpha = e^{-lambda}: the noise level of x / alpha (EDM's sigma)."""
+        return torch.exp(-self.log_snr(t))
+
     def t_of_log_snr(self, lam: Time) -> torch.Tensor:
         lam = as_time(lam)
         lo = torch.zeros_like(lam, dtype=torch.float64)

@@ -148,7 +148,7 @@ def edm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
                                         (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_tmax", S_tmax),
                                          ("S_noise", S_noise)))
     g, draw = loop.grid, Noise(generator, noise_fn)
-    sigma_hat, sigma_hat_max = g.sigma_hat, float(torch.exp(-model.sde.log_snr(model.sde.T)))  # at T, not ts[0]
+    sigma_hat, sigma_hat_max = g.sigma_hat, float(model.sde.sigma_hat(model.sde.T))  # at T, not ts[0]
     gamma_max = math.sqrt(2) - 1
     for i, t, t_next in loop.steps():
         y = x / g.alpha[i]
