@@ -90,6 +90,7 @@ def sample(
         solver_options: passed to the solver; unknown names raise ValueError.
     """
     info = get(solver)
+    _check_entry(model, shape, x_T, generator, callback, state_hook, dtype)
     if sde is None:
         sde = model.sde
     else:
@@ -147,6 +148,28 @@ def sample(
     seconds = time.perf_counter() - start
     trajectory = torch.stack(loop.trajectory) if return_trajectory else None
     return SampleResult(x, model.nfe - nfe_start, ts, info.name, seconds, trajectory)
+
+
+def _check_entry(model, shape, x_T, generator, callback, state_hook, dtype) -> None:
+    """The types sample() needs, refused before any work (values are checked where used)."""
+    if not isinstance(model, ScoreModel):
+        raise _checks.fail("model", "a scoresde.ScoreModel (wrap a network or function with ScoreModel(net, sde))",
+                           type(model).__name__)
+    if shape is not None:
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) < 1:
+            raise _checks.fail("shape", "a sequence (B, *data_shape) of integers >= 1", shape)
+        for k, size in enumerate(shape):
+            _checks.integer(f"shape[{k}]", size, low=1)
+    if x_T is not None and not (isinstance(x_T, torch.Tensor) and x_T.is_floating_point() and x_T.ndim >= 1):
+        given = f"{x_T.dtype} tensor" if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+        raise _checks.fail("x_T", "a real floating-point tensor (B, *data_shape)", given)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise _checks.fail("dtype", "None or a real floating-point torch.dtype (e.g. torch.float32)", dtype)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise _checks.fail("generator", "None or a torch.Generator", type(generator).__name__)
+    for name, fn in (("callback", callback), ("state_hook", state_hook)):
+        if fn is not None and not callable(fn):
+            raise _checks.fail(name, "None or a callable", type(fn).__name__)
 
 
 def _initial_state(sde, shape, x_T, generator, dtype, device) -> torch.Tensor:
