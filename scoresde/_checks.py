@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "ArgumentError", "fail", "integer", "real", "choice", "boolean", "affine", "same_sde", "finite",
-    "time_range", "renamed",
+    "time_range", "renamed", "generator", "floating_dtype", "tensor", "shape", "numbers_tensor",
 ]
 
 
@@ -131,3 +131,66 @@ def time_range(t: torch.Tensor, lo: float, hi: float, what: str = "t") -> None:
     t_min, t_max = float(t.min()), float(t.max())
     if t_min < lo or t_max > hi:
         raise fail(what, f"times in [{lo:g}, {hi:g}]", f"values in [{t_min:g}, {t_max:g}]")
+
+
+def generator(name: str, value: Any) -> Optional[torch.Generator]:
+    """None or a torch.Generator."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise fail(name, "None or a torch.Generator", type(value).__name__)
+    return value
+
+
+def floating_dtype(name: str, value: Any, optional: bool = True) -> Optional[torch.dtype]:
+    """A real floating-point torch.dtype (or None when `optional`)."""
+    if value is None and optional:
+        return None
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise fail(name, ("None or " if optional else "") + "a real floating-point torch.dtype (e.g. torch.float32)",
+                   value)
+    return value
+
+
+def _tensor_given(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def tensor(name: str, value: Any, accepted: str = "(B, *data_shape)", min_ndim: int = 2, floating: bool = True,
+           check_finite: bool = True) -> torch.Tensor:
+    """A tensor with at least `min_ndim` dimensions and a first dimension >= 1: real floating
+    point when `floating`, else real (integer or floating, never bool or complex); finite
+    unless `check_finite=False` (a host read, so skipped for accelerator tensors)."""
+    kind = "a real floating-point tensor" if floating else "a real (integer or floating-point) tensor"
+    ok = isinstance(value, torch.Tensor) and value.ndim >= min_ndim and not value.is_complex() \
+        and value.dtype != torch.bool and (value.is_floating_point() or not floating) \
+        and (value.ndim == 0 or value.shape[0] >= 1)
+    if not ok:
+        raise fail(name, f"{kind} {accepted}".rstrip(), _tensor_given(value))
+    if check_finite and value.is_floating_point() and value.device.type == "cpu":
+        finite(name, value)
+    return value
+
+
+def shape(name: str, value: Any, min_len: int = 1, accepted: str = "(B, *data_shape)") -> tuple:
+    """A sequence of at least `min_len` integers >= 1, as a tuple of ints."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, torch.Size)) or len(value) < min_len:
+        raise fail(name, f"a sequence {accepted} of integers >= 1".replace("  ", " "), value)
+    return tuple(integer(f"{name}[{k}]", size, low=1) for k, size in enumerate(value))
+
+
+def numbers_tensor(name: str, value: Any, accepted: str, ndim: Optional[int] = None) -> torch.Tensor:
+    """Real numbers (a number, a nested sequence, an array or a tensor; not strings, bools or
+    complex values) as a float64 CPU tensor, with `ndim` dimensions when given; not yet checked
+    for finiteness."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise fail(name, accepted, value)
+    try:
+        raw = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise fail(name, accepted, value) from None
+    if raw.dtype == torch.bool or raw.is_complex() or (ndim is not None and raw.ndim != ndim):
+        raise fail(name, accepted, _tensor_given(raw) if isinstance(value, torch.Tensor) else value)
+    if isinstance(value, torch.Tensor):
+        return raw.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)  # directly: via float32 a list would lose digits

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +26,9 @@ from .sde import SDES, by_name
 __all__ = ["main", "build_parser"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# the most a flag may ask for: beyond these a run exhausts memory or runs for hours on a typo
+_MAX_SAMPLES, _WHY_SAMPLES = 10_000_000, "a batch in memory"
+_MAX_STEPS, _WHY_STEPS = 100_000, "a grid this fine only adds round-off"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,19 +52,130 @@ class _SolverNames(list):
             return False
 
 
-def _int(parser: argparse.ArgumentParser, *flags: str, low: Optional[int] = 1, **kwargs) -> None:
+class _UsageError(ValueError):
+    """argparse's own refusal (unknown flag, invalid choice), printed by main() as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through add_subparsers, every subparser) whose usage errors are
+    raised, so that main() prints them as the one line every other bad input gets."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _number(text: str):
+    """An integer flag's value as parsed: an int, or the text itself, which `_checks.integer`
+    then refuses in its own words (`steps must be an integer >= 1; got 'inf'`)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _int(parser: argparse.ArgumentParser, *flags: str, low: Optional[int] = 1, high: Optional[int] = None,
+         why: str = "", **kwargs) -> None:
     """An integer flag, checked by `_checks.integer` (>= low) once parsed, as the library checks
-    its arguments: one line naming it (`rows must be an integer >= 1; got 0`), no traceback."""
-    action = parser.add_argument(*flags, type=int, **kwargs)
-    parser.set_defaults(_ints=(*(parser.get_default("_ints") or ()), (action.dest, low)))
+    its arguments: one line naming it (`rows must be an integer >= 1; got 0`), no traceback.
+    `high` (with `why` it is the most) refuses values that would exhaust memory or time."""
+    action = parser.add_argument(*flags, type=_number, **kwargs)
+    parser.set_defaults(_ints=(*(parser.get_default("_ints") or ()), (action.dest, low, high, why)))
 
 
 def _check_ints(args: argparse.Namespace) -> None:
-    for dest, low in getattr(args, "_ints", ()):
+    for dest, low, high, why in getattr(args, "_ints", ()):
         value = getattr(args, dest)
         for v in value if isinstance(value, list) else [value]:
             if v is not None:
-                _checks.integer(dest, v, low=low)
+                v = _checks.integer(dest, v, low=low)
+                if high is not None and v > high:
+                    raise _checks.fail(dest, f"an integer <= {high}{f' ({why})' if why else ''}", v)
+
+
+def _seed(parser: argparse.ArgumentParser) -> None:
+    # torch maps a negative seed silently onto 2**64 + seed, and the commands draw from seed + 1..3
+    _int(parser, "--seed", low=0, high=2**32 - 1, why="32 bits", default=0,
+         help="seed of the prior noise and of every other draw")
+
+
+def _refuse(flag: str, accepted: str, given, why: str) -> _checks.ArgumentError:
+    return _checks.ArgumentError(f"{_checks.fail(flag, accepted, given)} ({why})")
+
+
+def _device(text: str) -> str:
+    """--device, refused here if torch does not know it or this machine lacks it (torch itself
+    would fail at the first tensor, with a message about its build)."""
+    accepted = "cpu, cuda or cuda:<index>"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise _checks.fail("--device", accepted, text) from None
+    if device.type == "cpu":
+        return text
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _refuse("--device", "cpu", text, "this machine has no CUDA device, or torch was built without CUDA")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise _refuse("--device", f"cpu, cuda or cuda:<index> with index < {count}", text,
+                          f"this machine has {count} CUDA device{'s' if count > 1 else ''}")
+        return text
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return text
+    raise _checks.fail("--device", accepted, text)
+
+
+def _input_file(flag: str, path: str, what: str) -> Path:
+    """An input file, refused before any work if it is missing, a directory or unreadable."""
+    file = Path(path)
+    accepted = f"a readable {what}"
+    if file.is_dir():
+        raise _refuse(flag, accepted, path, "it is a directory")
+    if not file.exists():
+        raise _refuse(flag, accepted, path, "it does not exist")
+    if not os.access(file, os.R_OK):
+        raise _refuse(flag, accepted, path, "it cannot be read")
+    return file
+
+
+def _writable(folder: Path) -> Optional[str]:
+    """Why files cannot be created in the existing `folder`, or None if they can (tried, since
+    permission bits do not tell for root or a read-only file system)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as err:
+        return f"cannot write in {folder}: {err.strerror or err}"
+
+
+def _output_folder(path: str) -> Path:
+    """--out as a folder (created when the results are written): refused before any work if it
+    is a file, lies under a file, or cannot be created or written."""
+    folder = Path(path)
+    accepted = "a folder that exists or can be created, and can be written"
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise _refuse("--out", accepted, path, "it is a file" if existing == folder else f"{existing} is a file")
+    why = _writable(existing)
+    if why:
+        raise _refuse("--out", accepted, path, why)
+    return folder
+
+
+def _output_file(path: str) -> Path:
+    """--out as a file (replaced if it exists): refused before any work if it is a folder, or
+    its folder is missing or cannot be written."""
+    file = Path(path)
+    accepted = "a file path in an existing, writable folder"
+    if file.is_dir():
+        raise _refuse("--out", accepted, path, "it is a folder")
+    if not file.parent.is_dir():
+        raise _refuse("--out", accepted, path, f"{file.parent} is not a folder"
+                      if file.parent.exists() else f"folder {file.parent} does not exist")
+    why = _writable(file.parent) or (None if not file.exists() or os.access(file, os.W_OK) else "it is read-only")
+    if why:
+        raise _refuse("--out", accepted, path, why)
+    return file
 
 
 def _cmd_sdes(args: argparse.Namespace) -> None:
@@ -93,26 +209,40 @@ def _solver_options(text: Optional[str]) -> dict:
     return options
 
 
+def _schedule_file(path: str):
+    """--schedule-file's OptimizedSchedule; its times are checked by sample() before it starts."""
+    from .tuning import OptimizedSchedule
+
+    accepted = "a JSON file written by `scoresde schedule optimize`"
+    _input_file("--schedule-file", path, accepted[2:])
+    try:
+        return OptimizedSchedule.load(path)
+    except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, or fields of the wrong types
+        raise _refuse("--schedule-file", accepted, path, f"{type(err).__name__}: {err}") from None
+
+
 def _cmd_sample(args: argparse.Namespace) -> None:
     from . import metrics
     from .data.problems import get_problem
-    from .solvers import DEFAULT_SOLVER, DEFAULT_STEPS, sample
+    from .solvers import DEFAULT_SOLVER, DEFAULT_STEPS, get, sample
 
+    _device(args.device)
+    folder = _output_folder(args.out)
+    options = _solver_options(args.options)
+    schedule, steps = args.schedule, args.steps
+    if args.schedule_file is not None:
+        schedule = _schedule_file(args.schedule_file)
+        args.solver = args.solver or schedule.solver
+        args.steps = schedule.steps if steps is None else steps  # an explicit --steps goes to sample()
+    else:
+        if steps is None and not get(args.solver or DEFAULT_SOLVER).adaptive:
+            steps = DEFAULT_STEPS  # an adaptive solver chooses its own steps: none are claimed for it
+        args.steps = "adaptive" if steps is None else steps
+    args.solver = args.solver or DEFAULT_SOLVER
     dtype = DTYPES[args.dtype]
     sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
-    options = _solver_options(args.options)
-    schedule, steps = args.schedule, args.steps
-    if args.schedule_file is not None:
-        from .tuning import OptimizedSchedule
-
-        schedule = OptimizedSchedule.load(args.schedule_file)
-        args.solver = args.solver or schedule.solver
-        args.steps = schedule.steps if steps is None else steps  # an explicit --steps goes to sample()
-    else:
-        steps = args.steps = DEFAULT_STEPS if steps is None else steps
-    args.solver = args.solver or DEFAULT_SOLVER
     n = args.samples
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sample(model, shape=(n, *truth.event_shape), solver=args.solver, steps=steps,
@@ -128,7 +258,6 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(f"{args.problem} | {args.sde} | {args.solver} | steps={args.steps} schedule={schedule_name}: "
           f"nfe={out.nfe}, {out.seconds:.3f} s, sliced W2 to exact samples {sw:.4f} "
           f"(two-sample floor {float(floor.mean):.4f} +- {float(floor.std):.4f})")
-    folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{args.problem}_{args.sde}_{args.solver}_{args.steps}"
     settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
@@ -144,6 +273,9 @@ def _cmd_nll(args: argparse.Namespace) -> None:
 
     from .likelihood import bits_per_dim, log_likelihood
 
+    _device(args.device)
+    if args.ckpt is not None:
+        _input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
     dtype = DTYPES[args.dtype]
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     options = dict(trace=args.trace, probes=args.probes, method=args.method, rtol=args.rtol, atol=args.atol)
@@ -181,6 +313,41 @@ def _cmd_nll(args: argparse.Namespace) -> None:
           f"of log p_{{t_end}} with t_end={res.t_end:g}), {res.nfe} NFE")
 
 
+def _check_bench(args: argparse.Namespace, names: List[str]) -> None:
+    """What bench would otherwise find only when it reaches it (a later problem, the first
+    write, the resume file), checked on every rank before any work."""
+    from . import bench
+
+    _device(args.device)
+    for name in names:
+        if name != "digits":
+            mixture, _, sde = name.partition("/")
+            _checks.choice("--problems", mixture, bench.ANALYTIC)
+            _checks.choice(f"the SDE of --problems {name}", sde, bench.BENCH_SDES)
+    if "digits" in names:
+        if args.ckpt is None:
+            raise _checks.fail("--ckpt", "a Trainer checkpoint of a digits model with --problems digits", None)
+        _input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
+    elif args.ckpt is not None:
+        raise _checks.fail("--problems", "a list with digits when --ckpt is given (the checkpoint is used by "
+                           "problem digits only)", args.problems)
+    folder = _output_folder(args.out)
+    results = folder / "accuracy_vs_nfe.json"
+    if args.resume and results.exists():
+        accepted = "a file written by `scoresde bench` (or no file, to start afresh)"
+        _input_file("--resume: --out's accuracy_vs_nfe.json", str(results), accepted[2:])
+        try:
+            earlier = json.loads(results.read_text())
+        except ValueError as err:  # not JSON, or not text
+            raise _refuse("--resume: --out's accuracy_vs_nfe.json", accepted, str(results),
+                          f"it cannot be parsed: {err}") from None
+        fields = dict(config=dict, problems=dict, cells=list)
+        wrong = [k for k, kind in fields.items() if not isinstance(earlier, dict) or not isinstance(earlier.get(k), kind)]
+        if wrong:
+            raise _refuse("--resume: --out's accuracy_vs_nfe.json", accepted, str(results),
+                          "it has no valid " + ", ".join(wrong))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     """Accuracy against NFE (scoresde.bench); under torchrun the batch is sharded."""
     from . import bench
@@ -194,6 +361,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                  for p in args.problems or bench.ANALYTIC for s in args.sdes or bench.BENCH_SDES]
     if args.ckpt and not args.problems:
         names.append("digits")
+    _check_bench(args, names)
     with torchrun_group(args.device) as device:
         results = bench.run_benchmark(
             problems=list(dict.fromkeys(names)), solvers=args.solvers or quick.get("solvers"),
@@ -213,6 +381,8 @@ def _cmd_schedule(args: argparse.Namespace) -> None:
     from .data.problems import get_problem
     from .tuning import optimize
 
+    _device(args.device)
+    _output_file(args.out)
     sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde)
@@ -251,17 +421,22 @@ def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import ANALYTIC, BENCH_SDES, DEFAULT_NFES, METRICS
+    from .bench import ADAPTIVE_TOLERANCES, ANALYTIC, BENCH_SDES, DEFAULT_NFES, METRICS
     from .data.problems import PROBLEMS
     from .model import PREDICTIONS
     from .schedules import SCHEDULES
     from .solvers import DEFAULT_SOLVER, DEFAULT_STEPS, available
+    from .tuning import MIN_CALIBRATION
 
-    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__, formatter_class=_Formatter)
+    parser = _Parser(prog="scoresde", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
+    debug = _Parser(add_help=False)  # --debug after the subcommand too (SUPPRESS: it never resets the first)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, parent=sub) -> argparse.ArgumentParser:
-        return parent.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        return parent.add_parser(name, help=help, description=help, formatter_class=_Formatter, parents=[debug])
 
     p = command("sample", "sample an analytic problem with any solver; save .pt and a PNG")
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (exact samples)")
@@ -269,24 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", default="eps", choices=list(PREDICTIONS), help="parameterization of the oracle")
     p.add_argument("--solver", default=None, choices=_SolverNames(available()),
                    help=f"default: the --schedule-file's solver, else {DEFAULT_SOLVER}")
-    _int(p, "--steps", default=None, help=f"solver steps (default: the --schedule-file's, else {DEFAULT_STEPS})")
-    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
-    p.add_argument("--schedule-file", default=None,
+    _int(p, "--steps", high=_MAX_STEPS, why=_WHY_STEPS, default=None,
+         help=f"solver steps (default: the --schedule-file's, else {DEFAULT_STEPS})")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
+    grid.add_argument("--schedule-file", default=None,
                    help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
     p.add_argument("--options", default=None,
                    help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
     p.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step (+1 NFE)")
-    _int(p, "--samples", "--n", dest="samples", default=2000, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    _int(p, "--samples", "--n", dest="samples", low=2, high=_MAX_SAMPLES, why=_WHY_SAMPLES, default=2000,
+         help="number of samples (at least 2: the sliced W2 and its floor compare samples)")
+    _seed(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.add_argument("--out", default="out", help="folder for the .pt and .png")
+    p.add_argument("--out", default="out", help="folder for the .pt and .png (created if missing)")
     p.set_defaults(func=_cmd_sample)
 
     p = command("sdes", "print alpha, sigma, log-SNR, f and g^2 of each forward SDE")
     p.add_argument("--sde", action="append", choices=list(SDES), help="repeatable; default all")
-    _int(p, "--rows", default=6, help="times per SDE, from t_eps to T")
+    _int(p, "--rows", high=10_000, why="a printed table", default=6, help="times per SDE, from t_eps to T")
     p.set_defaults(func=_cmd_sdes)
 
     p = command("nll", "negative log-likelihood through the probability-flow ODE (bits/dim or nats)")
@@ -295,17 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test", "all"], help="split of --data")
     p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"],
                    help="ema: the moving average of the weights; raw: the optimized weights (model: old name of raw)")
-    _int(p, "--draws", default=1, help="dequantization draws per image")
+    _int(p, "--draws", high=10_000, default=1, help="dequantization draws per image")
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (without --ckpt)")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE (without --ckpt)")
-    _int(p, "--samples", "--n", dest="samples", default=200,
+    _int(p, "--samples", "--n", dest="samples", high=_MAX_SAMPLES, why=_WHY_SAMPLES, default=200,
          help="exact samples of --problem, or the first images of --split with --ckpt")
     p.add_argument("--trace", default="exact", choices=["exact", "hutchinson"], help="divergence of the ODE drift")
-    _int(p, "--probes", default=1, help="Hutchinson probes")
+    _int(p, "--probes", high=10_000, default=1, help="Hutchinson probes")
     p.add_argument("--method", default="dopri5", help="torchdiffeq method")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of the ODE solve")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the ODE solve")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    _seed(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the model, data and ODE solve")
     p.set_defaults(func=_cmd_nll)
@@ -317,24 +495,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "or digits (with --ckpt); default: the four mixtures")
     p.add_argument("--sdes", nargs="+", default=None, choices=list(BENCH_SDES), help=f"default: {' '.join(BENCH_SDES)}")
     p.add_argument("--solvers", nargs="+", default=None, help="registry names; default: all (--quick: 11)")
-    _int(p, "--nfe", nargs="+", default=None,
+    _int(p, "--nfe", nargs="+", high=_MAX_STEPS, why=_WHY_STEPS, default=None,
          help=f"NFE budgets; default {' '.join(map(str, DEFAULT_NFES))} (--quick: 5 10 20 50)")
     p.add_argument("--metrics", nargs="+", default=None, help=f"a subset of {' '.join(METRICS)}; default: all")
     # no --n alias: under torchrun that prefix is ambiguous with torchrun's own --nnodes/--nproc-per-node
-    _int(p, "--samples", low=2, default=None, help="samples per cell (default 1000)")
-    _int(p, "--tolerances", low=0, default=None,
+    _int(p, "--samples", low=2, high=_MAX_SAMPLES, why=_WHY_SAMPLES, default=None, help="samples per cell (default 1000)")
+    _int(p, "--tolerances", low=0, high=max(map(len, ADAPTIVE_TOLERANCES.values())), why="the longest sweep",
+         default=None,
          help="entries of each adaptive solver's tolerance sweep (default 4; --quick: 2)")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: each solver's own")
     p.add_argument("--ckpt", "--digits-ckpt", dest="ckpt", default=None,
                    help="a Trainer checkpoint of a digits model (adds problem 'digits')")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    _seed(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1" + " (under torchrun: each rank's own GPU)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
     p.add_argument("--out", default="out/bench", help="folder for accuracy_vs_nfe.{json,csv,md,png}")
     p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
     p.add_argument("--optimize", action="store_true",
                    help="add an optimized-schedule row per fixed-step ODE solver (scoresde.tuning.optimize)")
-    _int(p, "--calibration", default=256, help="calibration batch of --optimize (held-out noise)")
+    _int(p, "--calibration", low=MIN_CALIBRATION, high=_MAX_SAMPLES, why=_WHY_SAMPLES, default=256,
+         help="calibration batch of --optimize (held-out noise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
 
@@ -344,24 +524,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
     p.add_argument("--solver", default="dpm++2m", choices=_SolverNames(available("ode")), help="fixed-step ODE solver")
-    _int(p, "--nfe", default=10, help="NFE budget")
-    _int(p, "--calibration", default=256, help="calibration batch size (prior noise from --seed)")
-    _int(p, "--max-evals", default=None, help="grids the search may try (default 30 per free time)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of every other draw")
+    _int(p, "--nfe", high=1000, why="each step is a free time of the search", default=10, help="NFE budget")
+    _int(p, "--calibration", low=MIN_CALIBRATION, high=_MAX_SAMPLES, why=_WHY_SAMPLES, default=256,
+         help="calibration batch size (prior noise from --seed)")
+    _int(p, "--max-evals", high=100_000, default=None, help="grids the search may try (default 30 per free time)")
+    _seed(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
-    p.add_argument("--out", default="schedule.json", help="the JSON file to write")
+    p.add_argument("--out", default="schedule.json", help="the JSON file to write (replaced if it exists)")
     p.set_defaults(func=_cmd_schedule)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; 0 on success, 2 for bad input (one line `scoresde: error: ...`;
+    `--debug` shows the traceback instead), 1 for a run that failed (NaN or inf mid-run)."""
+    from .solvers import NonFiniteError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as err:
+        print(f"scoresde: error: {err}", file=sys.stderr)
+        return 2
     try:
         _check_ints(args)
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, NonFiniteError) as err:  # OSError: a file that went away or filled the disk
+        if args.debug:
+            raise
         print(f"scoresde: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, NonFiniteError) else 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("scoresde: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -48,6 +48,8 @@ class ScoreModel(torch.nn.Module):
         sigma_data: float = 0.5,
     ):
         super().__init__()
+        if not callable(net):
+            raise _checks.fail("net", "a callable net(x, t_in, **cond) (an nn.Module or a function)", type(net).__name__)
         _checks.choice("prediction", prediction, PREDICTIONS)
         if not isinstance(sde, SDE):
             raise _checks.fail("sde", "a scoresde.SDE", sde)
@@ -95,7 +97,7 @@ class ScoreModel(torch.nn.Module):
             alpha, sigma_hat = self._scaled_sigma(x, t)
             x_in = x / alpha * self._c_in(sigma_hat)
         t_in = self.network_time(t).to(x.dtype)
-        out = self.net(x_in, t_in, **cond)
+        out = _rows_apart(self.net, x_in, t_in, cond) if getattr(self, "rows_apart", False) else self.net(x_in, t_in, **cond)
         self.nfe += 1
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
@@ -189,3 +191,15 @@ class ScoreModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"
+
+
+def _rows_apart(net, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+    """net evaluated one row at a time (ScoreModel.rows_apart, set by `sample(seeds=...)`): a
+    row's output then cannot depend on the batch it came in, whatever the network's kernels do
+    with the batch size. Conditions with a batch dimension are split with the rows."""
+    batch = x.shape[0]
+
+    def row(value, i):
+        return value[i:i + 1] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch else value
+
+    return torch.cat([net(x[i:i + 1], t[i:i + 1], **{k: row(v, i) for k, v in cond.items()}) for i in range(batch)])

@@ -29,6 +29,7 @@ def digits_split_indices(split: str, total: int = DIGITS_TRAIN_SIZE + DIGITS_TES
     images by a SplitMix64 hash of (fixed seed, index), so it depends on no library's RNG and
     never changes: train = the first 1500, test = the other 297."""
     _checks.choice("split", split, DIGITS_SPLITS)
+    total = _checks.integer("total", total, low=DIGITS_TRAIN_SIZE + 1)
     order = sorted(range(total), key=lambda i: _splitmix64(_SPLIT_SEED * total + i))
     order = torch.tensor(order, dtype=torch.long)
     if split == "all":
@@ -43,6 +44,7 @@ def load_digits(
     x / 8 - 1, labels (N,) int64 in 0..9. N = 1500 ("train"), 297 ("test") or 1797 ("all",
     in scikit-learn's order)."""
     _checks.choice("split", split, DIGITS_SPLITS)
+    _checks.floating_dtype("dtype", dtype, optional=False)
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as err:  # an optional (dev) dependency

@@ -41,9 +41,9 @@ class GaussianMixture:
         covariances: Sequence | torch.Tensor,
         event_shape: Optional[Sequence[int]] = None,
     ):
-        weights = torch.as_tensor(weights, dtype=torch.float64)
-        means = torch.as_tensor(means, dtype=torch.float64)
-        covariances = torch.as_tensor(covariances, dtype=torch.float64)
+        weights = _checks.numbers_tensor("weights", weights, "real numbers of shape (K,)")
+        means = _checks.numbers_tensor("means", means, "real numbers of shape (K, D)")
+        covariances = _checks.numbers_tensor("covariances", covariances, "real numbers of shape (K, D, D)")
         if weights.ndim != 1 or weights.numel() == 0:
             raise ValueError(f"weights must have shape (K,) with K >= 1; got {tuple(weights.shape)}")
         k = weights.numel()
@@ -55,6 +55,9 @@ class GaussianMixture:
         if means.ndim != 2 or means.shape[0] != k:
             raise ValueError(f"means must have shape (K, D) = ({k}, D); got {tuple(means.shape)}")
         d = means.shape[1]
+        if d == 0:
+            raise _checks.fail("means", "a (K, D) table with D >= 1 (a 0-dimensional mixture has no samples)",
+                               tuple(means.shape))
         if covariances.shape != (k, d, d):
             raise ValueError(f"covariances must have shape (K, D, D) = ({k}, {d}, {d}); got {tuple(covariances.shape)}")
         _checks.finite("means", means)
@@ -65,9 +68,7 @@ class GaussianMixture:
         eigvals, eigvecs = torch.linalg.eigh(covariances)
         if bool((eigvals <= 0).any()):
             raise _checks.fail("covariances", "positive definite", f"smallest eigenvalue {float(eigvals.min()):.3g}")
-        if event_shape is None:
-            event_shape = (d,)
-        event_shape = tuple(int(s) for s in event_shape)
+        event_shape = (d,) if event_shape is None else _checks.shape("event_shape", event_shape, accepted="")
         if math.prod(event_shape) != d:
             raise _checks.fail("event_shape", f"a shape of D = {d} elements", event_shape)
         self.weights, self.means, self.covariances = weights, means, covariances
@@ -88,6 +89,8 @@ class GaussianMixture:
     def ring(cls, modes: int = 8, radius: float = 1.5, std: float = 0.15) -> "GaussianMixture":
         """`modes` equal isotropic Gaussians on a circle in 2-D."""
         modes = _checks.integer("modes", modes, low=1)
+        radius = _checks.real("radius", radius)
+        std = _checks.real("std", std, low=0, open_low=True)
         angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         cov = torch.eye(2, dtype=torch.float64).expand(modes, 2, 2) * std**2
@@ -99,6 +102,8 @@ class GaussianMixture:
         rotations, eigenvalues log-uniform in [1e-3, 1e-1] scale^2), reproducible from `seed`."""
         dim = _checks.integer("dim", dim, low=1)
         components = _checks.integer("components", components, low=1)
+        seed = _checks.integer("seed", seed, low=0)
+        scale = _checks.real("scale", scale, low=0, open_low=True)
         g = torch.Generator().manual_seed(seed)
         opts = dict(generator=g, dtype=torch.float64)
         weights = torch.rand(components, **opts) + 0.5
@@ -116,8 +121,14 @@ class GaussianMixture:
     @classmethod
     def gaussian(cls, dim: int, mean: float | torch.Tensor = 0.0, std: float | torch.Tensor = 1.0) -> "GaussianMixture":
         """A single Gaussian N(mean, diag(std^2)); mean and std broadcast to (dim,)."""
-        mean = torch.as_tensor(mean, dtype=torch.float64).expand(dim)
-        std = torch.as_tensor(std, dtype=torch.float64).expand(dim)
+        dim = _checks.integer("dim", dim, low=1)
+        mean = _checks.numbers_tensor("mean", mean, f"a real number or {dim} of them")
+        std = _checks.numbers_tensor("std", std, f"a number > 0 or {dim} of them")
+        if mean.ndim > 1 or mean.numel() not in (1, dim):
+            raise _checks.fail("mean", f"a real number or {dim} of them", tuple(mean.shape))
+        if std.ndim > 1 or std.numel() not in (1, dim) or not bool((std > 0).all()) or not bool(std.isfinite().all()):
+            raise _checks.fail("std", f"a finite number > 0 or {dim} of them", std.tolist())
+        mean, std = mean.reshape(-1).expand(dim), std.reshape(-1).expand(dim)
         return cls([1.0], mean[None].clone(), torch.diag_embed(std**2)[None].clone())
 
     # ---- exact quantities -------------------------------------------------------------
@@ -140,10 +151,17 @@ class GaussianMixture:
     ):
         """n exact samples, shape (n, *event_shape); with `return_components` also the
         component index of each sample, shape (n,)."""
+        n = _checks.integer("n", n, low=0)
+        generator = _checks.generator("generator", generator)
+        dtype = _checks.floating_dtype("dtype", dtype, optional=False)
+        return_components = _checks.boolean("return_components", return_components)
         if device is None and generator is not None:
             device = generator.device
         w, mu, vecs, vals = self._params(torch.float64, device)
-        comp = torch.multinomial(w, n, replacement=True, generator=generator)
+        if n == 0:  # multinomial refuses to draw nothing
+            comp = torch.zeros(0, dtype=torch.long, device=w.device)
+        else:
+            comp = torch.multinomial(w, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=device)
         x = mu[comp] + torch.einsum("nij,nj->ni", vecs[comp], vals[comp].sqrt() * z)
         x = x.to(dtype).reshape(n, *self.event_shape)
@@ -189,6 +207,7 @@ class GaussianMixture:
         return self._cache[key]
 
     def _at_time(self, x: torch.Tensor, t: Time, sde: AffineSDE, score: bool = False, x0: bool = False):
+        _checks.affine(sde, "the Gaussian mixture's exact quantities at time t")
         t = sde.check_time(as_time(t)).to(device=x.device)
         return self._component_terms(x, sde.alpha(t), sde.sigma(t), score, x0)
 
@@ -197,6 +216,9 @@ class GaussianMixture:
     ):
         """(log p, score, x0, log responsibilities) for x_t = alpha x0 + sigma eps; alpha and
         sigma are scalars or (B,). score and x0 are None unless asked for."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise _checks.fail("x", f"a real floating-point tensor (B, {', '.join(map(str, self.event_shape))})",
+                               f"{x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__)
         shape = x.shape
         if tuple(shape[1:]) != self.event_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}); got {tuple(shape)}")

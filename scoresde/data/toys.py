@@ -22,6 +22,16 @@ __all__ = [
 ]
 
 
+def _check_draw(n, generator, dtype, **nonnegative) -> int:
+    """n, the generator, the dtype and the named noise levels (each a finite number >= 0) checked;
+    returns n."""
+    _checks.generator("generator", generator)
+    _checks.floating_dtype("dtype", dtype, optional=False)
+    for name, value in nonnegative.items():
+        _checks.real(name, value, low=0)
+    return _checks.integer("n", n, low=0)
+
+
 def _draw_opts(generator: Optional[torch.Generator]) -> dict:
     device = generator.device if generator is not None else None
     return dict(generator=generator, dtype=torch.float64, device=device)
@@ -34,14 +44,14 @@ def _finish(x: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
 def ring_mixture(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> torch.Tensor:
     """8 isotropic Gaussians (std 0.15) on a circle of radius 1.5: `GaussianMixture.ring()`."""
-    n = _checks.integer("n", n, low=0)
+    n = _check_draw(n, generator, dtype)
     return GaussianMixture.ring().sample(n, generator, dtype=dtype, device=device)
 
 
 def bimodal_1d(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Optional[torch.device] = None) -> torch.Tensor:
     """0.4 N(-1, 0.3^2) + 0.6 N(1, 0.3^2) in 1-D, shape (n, 1): `GaussianMixture.bimodal_1d()`."""
-    n = _checks.integer("n", n, low=0)
+    n = _check_draw(n, generator, dtype)
     return GaussianMixture.bimodal_1d().sample(n, generator, dtype=dtype, device=device)
 
 
@@ -49,8 +59,8 @@ def two_moons(n: int, generator: Optional[torch.Generator] = None, dtype: torch.
               device: Optional[torch.device] = None, noise: float = 0.1) -> torch.Tensor:
     """Two interleaved half circles (as scikit-learn's make_moons, random split between the
     moons) plus N(0, noise^2) jitter, centred and scaled by 1.4 (per-coordinate std ~ 1.2, 0.7)."""
+    n = _check_draw(n, generator, dtype, noise=noise)
     opts = _draw_opts(generator)
-    n = _checks.integer("n", n, low=0)
     angle = math.pi * torch.rand(n, **opts)
     lower = torch.rand(n, **opts) < 0.5
     x = torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -62,8 +72,8 @@ def two_moons(n: int, generator: Optional[torch.Generator] = None, dtype: torch.
 def swiss_roll(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Optional[torch.device] = None, noise: float = 0.05) -> torch.Tensor:
     """The 2-D Swiss roll (u cos u, u sin u) / 7 with u ~ U(1.5 pi, 4.5 pi), plus N(0, noise^2)."""
+    n = _check_draw(n, generator, dtype, noise=noise)
     opts = _draw_opts(generator)
-    n = _checks.integer("n", n, low=0)
     u = 1.5 * math.pi * (1 + 2 * torch.rand(n, **opts))
     x = torch.stack([u * u.cos(), u * u.sin()], dim=1) / 7
     return _finish(x + noise * torch.randn(n, 2, **opts), dtype, device)
@@ -72,8 +82,8 @@ def swiss_roll(n: int, generator: Optional[torch.Generator] = None, dtype: torch
 def checkerboard(n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> torch.Tensor:
     """Uniform on the 8 dark squares of a 4x4 checkerboard covering [-2, 2]^2 (std ~ 1.15)."""
+    n = _check_draw(n, generator, dtype)
     opts = _draw_opts(generator)
-    n = _checks.integer("n", n, low=0)
     x1 = 4 * torch.rand(n, **opts) - 2
     row = torch.randint(0, 2, (n,), generator=generator, device=opts["device"]).to(torch.float64)
     x2 = torch.rand(n, **opts) - 2 * row + torch.floor(x1).remainder(2)  # square parity follows x1's column
@@ -84,8 +94,8 @@ def pinwheel(n: int, generator: Optional[torch.Generator] = None, dtype: torch.d
              device: Optional[torch.device] = None, arms: int = 5) -> torch.Tensor:
     """Johnson et al. (2016)'s pinwheel: `arms` Gaussian blobs (radial std 0.3, tangential std
     0.1 around (1, 0)), each bent by the angle 0.25 exp(radius) and rotated to its arm."""
+    n = _check_draw(n, generator, dtype)
     opts = _draw_opts(generator)
-    n = _checks.integer("n", n, low=0)
     arms = _checks.integer("arms", arms, low=1)
     arm = torch.randint(0, arms, (n,), generator=generator, device=opts["device"])
     feats = torch.randn(n, 2, **opts) * torch.tensor([0.3, 0.1], dtype=torch.float64, device=arm.device)

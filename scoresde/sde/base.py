@@ -11,9 +11,14 @@ import torch
 from .. import _checks
 from .._utils import Time, as_time, expand_as_batch
 
-__all__ = ["SDE", "ReverseSDE", "AffineSDE", "ScoreFn", "check_unit_interval"]
+__all__ = ["SDE", "ReverseSDE", "AffineSDE", "ScoreFn", "check_unit_interval", "coefficient_table", "LOG_SNR_LIMIT"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: the largest |log-SNR| an SDE may reach on [t_eps, T]: solvers, losses and the EDM
+#: preconditioning square sigma / alpha = exp(-lambda), and exp(+-2 * 354) is the edge of
+#: float64's normal range (about 1e+-308). Built-in SDEs refuse parameters beyond it.
+LOG_SNR_LIMIT = 354.0
 
 
 class SDE:
@@ -193,6 +198,12 @@ def _time_derivative(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor
         tt = t.detach().clone().requires_grad_(True)
         (d,) = torch.autograd.grad(fn(tt).sum(), tt)
     return d
+
+
+def coefficient_table(name: str, values) -> torch.Tensor:
+    """A 1-D table of real coefficients (betas, alphas_cumprod) as float64, refusing anything
+    else (a 2-D table is not flattened)."""
+    return _checks.numbers_tensor(name, values, "a 1-D sequence or tensor of real numbers", ndim=1)
 
 
 def check_unit_interval(name: str, values: torch.Tensor, why: str = "") -> None:

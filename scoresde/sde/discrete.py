@@ -1,13 +1,14 @@
 """The VP process of a trained discrete DDPM chain (its alphas_cumprod), exact at its timesteps."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .. import _checks
 from .._utils import Time, as_time
-from .base import AffineSDE, check_unit_interval
+from .base import LOG_SNR_LIMIT, AffineSDE, check_unit_interval, coefficient_table
 
 __all__ = ["DiscreteVPSDE"]
 
@@ -28,12 +29,16 @@ class DiscreteVPSDE(AffineSDE):
     """
 
     def __init__(self, alphas_cumprod: Sequence[float] | torch.Tensor):
-        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().flatten()
+        ac = coefficient_table("alphas_cumprod", alphas_cumprod)
         n = ac.numel()
         if n < 2:
-            raise ValueError(f"alphas_cumprod must hold at least 2 values; got {n}")
+            raise _checks.fail("alphas_cumprod", "a 1-D table of at least 2 values", f"{n} value(s)")
         check_unit_interval("alphas_cumprod", ac, " (alpha_bar = 1 is no noise; alpha_bar = 0, zero terminal SNR, "
                              "has no finite log-SNR)")
+        smallest = math.exp(-2 * LOG_SNR_LIMIT)  # log-SNR = -LOG_SNR_LIMIT
+        if float(ac.min()) < smallest:
+            raise _checks.fail("alphas_cumprod", f"values >= {smallest:.3g} (a log-SNR >= -{LOG_SNR_LIMIT:g}, so that "
+                               "(sigma/alpha)^2 stays finite in float64)", f"a minimum of {float(ac.min()):.3g}")
         if not bool((ac[1:] < ac[:-1]).all()):
             k = int((ac[1:] >= ac[:-1]).nonzero()[0])
             raise _checks.fail("alphas_cumprod", "strictly decreasing (more noise at every timestep)",
@@ -48,7 +53,7 @@ class DiscreteVPSDE(AffineSDE):
     @classmethod
     def from_betas(cls, betas: Sequence[float] | torch.Tensor) -> "DiscreteVPSDE":
         """The chain x_k = sqrt(1 - beta_k) x_{k-1} + sqrt(beta_k) z, any beta schedule in (0, 1)."""
-        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        betas = coefficient_table("betas", betas)
         check_unit_interval("betas", betas)
         return cls(torch.cumprod(1 - betas, 0))
 

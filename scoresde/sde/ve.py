@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks
 from .._utils import Time, as_time
-from .base import AffineSDE
+from .base import LOG_SNR_LIMIT, AffineSDE
 
 __all__ = ["VESDE", "EDMSDE"]
 
@@ -16,8 +16,9 @@ class _UnitAlphaSDE(AffineSDE):
     """Shared by VE and EDM: no drift (alpha = 1), noise level between sigma_min and sigma_max."""
 
     def _set_noise_range(self, sigma_min: float, sigma_max: float) -> None:
-        self.sigma_min = _checks.real("sigma_min", sigma_min, low=0, open_low=True)
-        self.sigma_max = _checks.real("sigma_max", sigma_max)
+        # sigma^2 (and (sigma/alpha)^2 = exp(-2 log-SNR)) must stay inside float64's normal range
+        self.sigma_min = _checks.real("sigma_min", sigma_min, low=math.exp(-LOG_SNR_LIMIT))
+        self.sigma_max = _checks.real("sigma_max", sigma_max, high=math.exp(LOG_SNR_LIMIT))
         if self.sigma_max <= self.sigma_min:
             raise _checks.fail("sigma_max", f"> sigma_min = {self.sigma_min:g}", sigma_max)
         self.prior_std = self.sigma_max

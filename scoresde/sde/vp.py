@@ -9,9 +9,23 @@ import torch
 
 from .. import _checks
 from .._utils import Time, as_time
-from .base import AffineSDE, check_unit_interval
+from .base import LOG_SNR_LIMIT, AffineSDE, check_unit_interval, coefficient_table
 
 __all__ = ["VPSDE", "SubVPSDE", "CosineVPSDE"]
+
+
+def _check_log_snr_range(sde: AffineSDE, T, t_eps, params: str) -> None:
+    """Refuse a T (or t_eps) at which |log-SNR| passes LOG_SNR_LIMIT: alpha(T) underflows, or
+    sigma(t_eps) does, so that (sigma/alpha)^2 leaves float64's range and sampling breaks."""
+    if not float(sde.log_snr(sde.T)) >= -LOG_SNR_LIMIT:
+        t_max = float(sde.t_of_log_snr(-LOG_SNR_LIMIT))
+        raise _checks.fail("T", f"a finite number in (0, {t_max:.6g}] for {params} (lower T or the rates: beyond it "
+                                f"log-SNR < -{LOG_SNR_LIMIT:g}, alpha(T) is about 0 and (sigma/alpha)^2 overflows "
+                                "float64)", T)
+    if not float(sde.log_snr(sde.t_eps)) <= LOG_SNR_LIMIT:
+        t_min = float(sde.t_of_log_snr(LOG_SNR_LIMIT))
+        raise _checks.fail("t_eps", f"a finite number in [{t_min:.6g}, T) for {params} (below it log-SNR > "
+                                    f"{LOG_SNR_LIMIT:g} and sigma(t_eps)^2 underflows float64)", t_eps)
 
 
 class _LinearBetaSDE(AffineSDE):
@@ -24,6 +38,7 @@ class _LinearBetaSDE(AffineSDE):
             raise _checks.fail("beta_max", f"> beta_min = {self.beta_min:g}", beta_max)
         self.T = _checks.real("T", T, low=0, open_low=True)
         self.t_eps = _checks.real("t_eps", t_eps, low=0, high=self.T, open_low=True, open_high=True)
+        _check_log_snr_range(self, T, t_eps, f"beta_min={self.beta_min:g}, beta_max={self.beta_max:g}")
 
     def _params(self) -> dict:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max}
@@ -73,10 +88,11 @@ class VPSDE(_LinearBetaSDE):
     def from_betas(cls, betas: Sequence[float] | torch.Tensor, rtol: float = 1e-6) -> "VPSDE":
         """The VP SDE whose discretization is a DDPM chain with *linear* betas:
         beta_min = N beta_1, beta_max = N beta_N (DESIGN.md)."""
-        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        betas = coefficient_table("betas", betas)
+        rtol = _checks.real("rtol", rtol, low=0)
         n = betas.numel()
         if n < 2:
-            raise ValueError(f"betas must hold at least 2 values; got {n}")
+            raise _checks.fail("betas", "a 1-D table of at least 2 values", f"{n} value(s)")
         check_unit_interval("betas", betas)
         linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
         if not torch.allclose(betas, linear, rtol=rtol, atol=0):
@@ -104,6 +120,7 @@ class CosineVPSDE(AffineSDE):
         self.T = _checks.real("T", T, low=0, high=1, open_low=True, open_high=True)  # alpha(1) = 0
         self.t_eps = _checks.real("t_eps", t_eps, low=0, high=self.T, open_low=True, open_high=True)
         self._log_cos0 = math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+        _check_log_snr_range(self, T, t_eps, f"s={self.s:g}")
 
     def _params(self) -> dict:
         return {"s": self.s, "T": self.T}

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..sde import SDE
 
 __all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "Noise", "NoiseFn",
-           "LOWER_ORDER_FINAL_BELOW"]
+           "RowGenerators", "LOWER_ORDER_FINAL_BELOW"]
 
 
 class NonFiniteError(RuntimeError):
@@ -91,16 +91,52 @@ class History:
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class Noise:
-    """Standard normal draws shaped like x for SDE solvers, from `generator` or from a user
-    `noise_fn` (to share a Brownian path between solvers, or to probe a sampler in tests)."""
+class RowGenerators:
+    """One torch.Generator per batch row, seeded by `seeds[i]`: every draw of row i depends on
+    its own seed alone, so a row's sample does not depend on the batch it was drawn in
+    (`sample(..., seeds=...)`). Each draw is one `randn` of a row's shape per row, on `device`."""
 
-    def __init__(self, generator: Optional[torch.Generator], noise_fn: Optional[NoiseFn] = None):
+    def __init__(self, seeds: Sequence[int], device: Union[str, torch.device, None] = None):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device or "cpu")
+        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def subset(self, rows: Sequence[int]) -> "RowGenerators":
+        """The generators of `rows` (the same objects: drawing from the subset advances them)."""
+        out = RowGenerators.__new__(RowGenerators)
+        out.seeds, out.device = [self.seeds[i] for i in rows], self.device
+        out.generators = [self.generators[i] for i in rows]
+        return out
+
+    def randn(self, shape: Sequence[int], dtype: Optional[torch.dtype] = None,
+              device: Union[str, torch.device, None] = None, rows: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Standard normal draws of `shape` = (len(rows), *row_shape), row k from the generator
+        of row rows[k] (default all rows, in order)."""
+        generators = self.generators if rows is None else [self.generators[i] for i in rows]
+        if shape[0] != len(generators):
+            raise ValueError(f"a draw for {shape[0]} rows from {len(generators)} row generators")
+        out = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=self.device)
+                           for g in generators])
+        return out if device is None else out.to(device)
+
+
+class Noise:
+    """Standard normal draws shaped like x for SDE solvers, from `generator` (a torch.Generator
+    or `RowGenerators`) or from a user `noise_fn` (to share a Brownian path between solvers, or
+    to probe a sampler in tests). `rows` names the batch rows of `like` when it holds only some
+    (adaptive solvers step a subset)."""
+
+    def __init__(self, generator: Union[torch.Generator, RowGenerators, None], noise_fn: Optional[NoiseFn] = None):
         self.generator, self.noise_fn = generator, noise_fn
 
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+    def __call__(self, like: torch.Tensor, rows: Optional[Sequence[int]] = None) -> torch.Tensor:
         if self.noise_fn is not None:
             return self.noise_fn(like)
+        if isinstance(self.generator, RowGenerators):
+            return self.generator.randn(like.shape, like.dtype, like.device, rows)
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
 
 

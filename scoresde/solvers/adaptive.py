@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ._loop import Loop, Noise, NoiseFn, NonFiniteError
+from ._loop import Loop, Noise, NoiseFn, NonFiniteError, RowGenerators
 from .registry import register
 
 __all__ = ["adaptive_sde"]
@@ -38,7 +38,7 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
     max_evals = _checks.integer("max_evals", max_evals, low=1)
     t_start, t_end = float(ts[0]), float(ts[-1])
     batch = x.shape[0]
-    draw = Noise(generator, noise_fn)
+    draw, per_row = Noise(generator, noise_fn), isinstance(generator, RowGenerators)
     reverse = model.sde.reverse(model.score)
     opts = dict(dtype=torch.float64, device=x.device)
     t = torch.full((batch,), t_start, **opts)
@@ -58,7 +58,7 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
         ha = torch.minimum(h[idx], ta - t_end)
         t_next = torch.clamp(ta - ha, min=t_end)  # round-off only: ha <= ta - t_end
         h_x = expand_as_batch(ha, xa)
-        z = draw(xa) * h_x.sqrt()
+        z = draw(xa, idx.tolist() if per_row else None) * h_x.sqrt()  # per_row: each row its own stream
         d = reverse.drift(xa, ta)
         if error_control == "drift":
             x_check = xa - h_x * d  # Euler on the drift, noise-free

@@ -9,10 +9,11 @@ from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch
+import torchsde
 
 from .. import _checks
 from ..model import ScoreModel
-from ._loop import Loop, NonFiniteError
+from ._loop import Loop, NonFiniteError, RowGenerators
 from .ode import pf_velocity
 from .registry import register
 
@@ -157,6 +158,29 @@ class _TorchsdeReverse(torch.nn.Module):
         return self.reverse.diffusion(x, -float(s)).expand(self.shape).reshape(y.shape)
 
 
+class _RowBrownian(torchsde.BaseBrownian):
+    """Independent Brownian paths, one (1, D) interval per batch row, stacked along rows."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        parts = [row(ta, tb, return_U=return_U, return_A=return_A) for row in self.rows]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p, 0) for p in zip(*parts))
+        return torch.cat(parts, 0)
+
+    def __repr__(self):
+        return f"_RowBrownian({len(self.rows)} rows)"
+
+    dtype = property(lambda self: self.rows[0].dtype)
+    device = property(lambda self: self.rows[0].device)
+    shape = property(lambda self: torch.Size((len(self.rows), *self.rows[0].shape[1:])))
+    levy_area_approximation = property(lambda self: self.rows[0].levy_area_approximation)
+
+
 @register("torchsde", kind="sde", order=1, evals_per_step=1, default_schedule="uniform", extra_evals=1, step_hook=False,
           description="torchsde.sdeint on the reverse SDE (diagonal noise)")
 def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, generator=None,
@@ -166,8 +190,6 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
     given `bm`, to share a Brownian path with another solver). NFE: the method's evaluations
     per step (counted here: euler 1, srk 10) plus the one sdeint spends checking the SDE's
     shapes before its first step."""
-    import torchsde
-
     if method not in TORCHSDE_METHODS:
         raise _checks.fail("method", "a torchsde method for diagonal noise, one of: " + ", ".join(TORCHSDE_METHODS), method)
     steps = len(ts) - 1
@@ -182,11 +204,19 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
     s = torch.tensor(list(itertools.accumulate([-float(ts[0])] + [dt] * steps)), dtype=torch.float64, device=x.device)
     s[-1] = min(float(s[-1]), -float(ts[-1]))  # never past t_end, where the Brownian path ends
     if bm is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator else None))
-        bm = torchsde.BrownianInterval(
-            t0=float(s[0]), t1=float(s[-1]), size=y.shape, dtype=y.dtype, device=x.device, entropy=seed,
-            levy_area_approximation="space-time" if method == "srk" else "none",
-        )
+        levy = "space-time" if method == "srk" else "none"
+
+        def interval(seed: int, size) -> torchsde.BrownianInterval:
+            return torchsde.BrownianInterval(t0=float(s[0]), t1=float(s[-1]), size=size, dtype=y.dtype,
+                                             device=x.device, entropy=seed, levy_area_approximation=levy)
+
+        if isinstance(generator, RowGenerators):  # one Brownian path per row, from the row's own stream
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device)) for g in generator.generators]
+            bm = _RowBrownian([interval(seed, (1, *y.shape[1:])) for seed in seeds])
+        else:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                                     device=generator.device if generator else None))
+            bm = interval(seed, y.shape)
     path = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=dt)
     for i, state in enumerate(path[1:]):
         loop.done(i, state.reshape(shape))

@@ -16,6 +16,7 @@ import torch
 
 from .. import _checks
 from ..sde import AffineSDE
+from ._loop import RowGenerators
 
 __all__ = ["Inpainting"]
 
@@ -28,7 +29,8 @@ class Inpainting:
         sde: an affine SDE (its forward marginal noises the known values).
         known: (B, *shape) values of the known coordinates (anything where mask is False).
         mask: bool, (B, *shape) or (*shape), True where the value is known.
-        generator: source of the forward noise (fresh at every step).
+        generator: source of the forward noise (fresh at every step): a torch.Generator or
+            `RowGenerators` (one stream per row).
     """
 
     def __init__(self, sde: AffineSDE, known: torch.Tensor, mask: torch.Tensor,
@@ -56,7 +58,10 @@ class Inpainting:
         known = self.known.to(dtype=x.dtype, device=x.device)
         mask = self.mask.to(x.device)
         if not last:
-            noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
-                                device=self.generator.device if self.generator is not None else x.device).to(x.device)
+            if isinstance(self.generator, RowGenerators):
+                noise = self.generator.randn(x.shape, x.dtype, x.device)
+            else:
+                noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype,
+                                    device=self.generator.device if self.generator is not None else x.device).to(x.device)
             known = self.sde.marginal(known, t, noise)
         return torch.where(mask, known, x)

@@ -1,9 +1,10 @@
 """`scoresde.sample`: the front door to every registered solver."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -11,7 +12,7 @@ from .. import _checks
 from ..model import ScoreModel
 from ..schedules import ScheduleSpec, get_schedule
 from ..sde import SDE
-from ._loop import Loop, StateHook
+from ._loop import Loop, RowGenerators, StateHook
 from .hooks import Inpainting
 from .registry import available, get
 
@@ -58,6 +59,7 @@ def sample(
     inpaint: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     state_hook: Optional[StateHook] = None,
     schedule_options: Optional[Dict[str, object]] = None,
+    seeds: Optional[Sequence[int]] = None,
     **solver_options,
 ) -> SampleResult:
     """Draw samples by integrating from T down to t_end with a registered solver.
@@ -87,10 +89,18 @@ def sample(
         inpaint: (known (B, *shape), mask (bool, (B, *shape) or (*shape), True = known)):
             shorthand for state_hook=Inpainting(sde, known, mask, generator), the replacement
             method (Song et al. 2021, App. I.2; see `scoresde.solvers.hooks`). Approximate.
+        seeds: batch invariance: one integer seed per row (instead of `generator`). Row i's
+            prior draw and every later noise draw come from its own generator, the network is
+            evaluated one row at a time, and adaptive solvers integrate one row at a time, so a
+            row's sample depends on its seed alone, not on the batch it is drawn in nor on
+            torchrun sharding (tests/test_batch_invariance.py). It costs one network call per
+            row per evaluation (NFE still counts batched evaluations).
         solver_options: passed to the solver; unknown names raise ValueError.
     """
     info = get(solver)
     _check_entry(model, shape, x_T, generator, callback, state_hook, dtype)
+    if seeds is not None:
+        generator = _row_generators(seeds, generator, shape, x_T, device)
     if sde is None:
         sde = model.sde
     else:
@@ -132,10 +142,13 @@ def sample(
                 state_hook=state_hook)
     nfe_start = model.nfe
     start = time.perf_counter()
-    with torch.set_grad_enabled(enable_grad):
+    with torch.set_grad_enabled(enable_grad), _rows_apart(model, isinstance(generator, RowGenerators)):
         x = loop.start(x)
         try:
-            x = info.fn(model, x, ts, loop, **options)
+            if isinstance(generator, RowGenerators) and info.adaptive:
+                x = _row_by_row(info, model, x, ts, loop, options)
+            else:
+                x = info.fn(model, x, ts, loop, **options)
             loop.finish()
         finally:
             loop.close()
@@ -172,10 +185,62 @@ def _check_entry(model, shape, x_T, generator, callback, state_hook, dtype) -> N
             raise _checks.fail(name, "None or a callable", type(fn).__name__)
 
 
+@contextlib.contextmanager
+def _rows_apart(model: ScoreModel, on: bool) -> Iterator[None]:
+    """With `on`, the model (and the models it wraps, e.g. a guided model's) evaluates its
+    network one row at a time for the duration: batch-invariant evaluations for `seeds`."""
+    chain = []
+    while on and isinstance(model, ScoreModel) and model not in chain:
+        chain.append(model)
+        model = getattr(model, "model", None)
+    saved = [getattr(m, "rows_apart", False) for m in chain]
+    for m in chain:
+        m.rows_apart = True
+    try:
+        yield
+    finally:
+        for m, value in zip(chain, saved):
+            m.rows_apart = value
+
+
+def _row_by_row(info, model, x, ts, loop: Loop, options: dict) -> torch.Tensor:
+    """An adaptive solver run one row at a time: its step control (an error norm over the
+    batch, or the batch's evaluations of a shrinking subset) then sees one row only, so a
+    row's result depends on its own seed alone. The loop records start and end, as for any
+    adaptive solver."""
+    rows = []
+    for r in range(x.shape[0]):
+        row_options = {**options, "generator": options["generator"].subset([r])} if "generator" in options else options
+        row_loop = Loop(ts, loop.sde)
+        rows.append(info.fn(model, x[r:r + 1], ts, row_loop, **row_options))
+        row_loop.finish()
+    x = torch.cat(rows)
+    loop.done(len(ts) - 2, x)
+    return x
+
+
+def _row_generators(seeds, generator, shape, x_T, device) -> RowGenerators:
+    if generator is not None:
+        raise _checks.ArgumentError("give generator or seeds (one per row), not both")
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise _checks.fail("seeds", "a sequence of integer seeds, one per batch row", seeds)
+    for k, seed in enumerate(seeds):
+        _checks.integer(f"seeds[{k}]", seed, 0, 2**63 - 1)
+    batch = x_T.shape[0] if x_T is not None else (shape[0] if shape is not None else None)
+    if batch is not None and len(seeds) != batch:
+        raise _checks.fail("seeds", f"one seed per batch row ({batch})", f"{len(seeds)} seeds")
+    where = device if device is not None else (x_T.device if x_T is not None else "cpu")
+    return RowGenerators(seeds, where)
+
+
 def _initial_state(sde, shape, x_T, generator, dtype, device) -> torch.Tensor:
     if x_T is None:
         if shape is None:
             raise _checks.ArgumentError("give either shape=(B, *data_shape) or x_T")
+        if isinstance(generator, RowGenerators):  # the prior N(0, prior_std^2 I), row by row
+            return generator.randn(tuple(shape), dtype or torch.float32, device) * sde.prior_std
         return sde.prior_sample(tuple(shape), generator=generator, dtype=dtype or torch.float32, device=device)
     if shape is not None and tuple(shape) != tuple(x_T.shape):
         raise ValueError(f"shape {tuple(shape)} disagrees with x_T's shape {tuple(x_T.shape)}")

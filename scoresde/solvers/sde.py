@@ -16,7 +16,7 @@ import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ._loop import Grid, History, Noise, NoiseFn, multistep_order
+from ._loop import Grid, History, Noise, NoiseFn, RowGenerators, multistep_order
 from .registry import register
 
 __all__ = ["euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "pc", "sde_heun", "edm_sde",
@@ -96,6 +96,9 @@ def pc(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] = None
     corrector = _checks.choice("corrector", corrector, ("langevin", "ald"))
     snr = _checks.real("snr", snr, low=0)
     corrector_steps = _checks.integer("corrector_steps", corrector_steps, low=0)
+    if not per_sample_step and isinstance(generator, RowGenerators):
+        raise _checks.fail("per_sample_step", "True with seeds (False averages the step size over the batch, "
+                                              "so a row would depend on its batch)", per_sample_step)
     predict, needs_affine = PREDICTORS[predictor]
     if needs_affine:
         _checks.affine(model.sde, f"predictor={predictor!r}")

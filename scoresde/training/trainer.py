@@ -23,8 +23,8 @@ from torch import nn
 from .. import _checks
 from ..losses import T_SAMPLINGS, WEIGHTINGS, dsm_loss, sample_time
 from ..model import ScoreModel
-from .checkpoint import (CHECKPOINT_NAME, build_model, check_resumable, load_checkpoint, model_config, seal,
-                         write_atomic)
+from .checkpoint import (CHECKPOINT_NAME, build_model, check_resumable, load_checkpoint, model_config,
+                         remove_leftovers, seal, write_atomic)
 from .data import Data, EpochOrder, IndexedData, derive_seed
 
 __all__ = ["Trainer"]
@@ -35,6 +35,26 @@ _TRAJECTORY_OPTIONS = (
     "warmup_steps", "grad_clip", "weight_decay", "seed", "use_labels", "bf16",
 )
 _OTHER_OPTIONS = ("ckpt_every", "sample_every")
+
+
+def _device(value: Any) -> torch.device:
+    """`value` (a torch.device or a string such as "cpu", "cuda", "cuda:1") as an available device."""
+    accepted = "None, a torch.device or a device string such as 'cpu', 'cuda', 'cuda:0'"
+    if not isinstance(value, (str, torch.device)):
+        raise _checks.fail("device", accepted, value)
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise _checks.fail("device", accepted, value) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise _checks.fail("device", "an available device ('cpu'; CUDA is not available here)", value)
+        if device.index is not None and device.index >= count:
+            raise _checks.fail("device", f"an available device ('cpu', 'cuda:0' .. 'cuda:{count - 1}')", value)
+    if device.type == "meta":
+        raise _checks.fail("device", "a device that holds data (not 'meta')", value)
+    return device
 
 
 # ---- the loss as a module (what DistributedDataParallel wraps) ----------------------------
@@ -120,7 +140,7 @@ class Trainer:
         loss_fn: Optional[Callable[..., torch.Tensor]] = None,
     ):
         if not isinstance(model, ScoreModel):
-            raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
+            raise _checks.fail("model", "a scoresde.ScoreModel", model)
         _checks.affine(model.sde, "training")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -130,17 +150,32 @@ class Trainer:
         batch_size = _checks.integer("batch_size", batch_size, low=1)
         lr = _checks.real("lr", lr, low=0, open_low=True)
         label_dropout = _checks.real("label_dropout", label_dropout, low=0, high=1, open_high=True)
+        if use_labels is not None:
+            use_labels = _checks.boolean("use_labels", use_labels)
         ema_decay = _checks.real("ema_decay", ema_decay, low=0, high=1, open_high=True)
+        ema_warmup = _checks.boolean("ema_warmup", ema_warmup)
         warmup_steps = _checks.integer("warmup_steps", warmup_steps, low=0)
-        if grad_clip is not None and not (isinstance(grad_clip, numbers.Real) and math.isfinite(grad_clip) and grad_clip > 0):
-            raise _checks.fail("grad_clip", "None or a finite number > 0", grad_clip)
+        if grad_clip is not None:
+            if isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real) or not (
+                    math.isfinite(grad_clip) and grad_clip > 0):
+                raise _checks.fail("grad_clip", "None or a finite number > 0", grad_clip)
+            grad_clip = float(grad_clip)
         weight_decay = _checks.real("weight_decay", weight_decay, low=0)
-        seed = _checks.integer("seed", seed, low=0)
+        seed = _checks.integer("seed", seed, low=0, high=2**63 - 1)
+        if ckpt_dir is not None:
+            if not isinstance(ckpt_dir, (str, os.PathLike)) or Path(ckpt_dir).is_file():
+                raise _checks.fail("ckpt_dir", "None or a directory path (not a file)", ckpt_dir)
         ckpt_every = _checks.integer("ckpt_every", ckpt_every, low=1)
         sample_every = _checks.integer("sample_every", sample_every, low=0)
-        if sample_every and not callable(sample_fn):
+        if sample_fn is not None and not callable(sample_fn):
+            raise _checks.fail("sample_fn", "None or a callable sample_fn(ema_model, step)", sample_fn)
+        if sample_every and sample_fn is None:
             raise ValueError("sample_every > 0 needs a callable sample_fn(ema_model, step)")
-        device = torch.device(device) if device is not None else params[0].device
+        if loss_fn is not None and not callable(loss_fn):
+            raise _checks.fail("loss_fn", "None or a callable (model, x0, t, noise, **cond) -> loss", loss_fn)
+        bf16 = _checks.boolean("bf16", bf16)
+        progress = _checks.boolean("progress", progress)
+        device = _device(device) if device is not None else params[0].device
         if bf16 and device.type != "cuda":
             raise ValueError(f"bf16=True needs a CUDA device; got device={str(device)!r}")
 
@@ -160,8 +195,6 @@ class Trainer:
         self.device = device
         self.progress = progress
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
-        if self.ckpt_dir is not None:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.world_size = torch.distributed.get_world_size() if self.distributed else 1
@@ -170,10 +203,10 @@ class Trainer:
             raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes {self.world_size}")
 
         self.model = model.to(device)
-        if loss_fn is not None and not callable(loss_fn):
-            raise ValueError(f"loss_fn must be None or a callable (model, x0, t, noise, **cond) -> loss; got {loss_fn!r}")
         self._loss = _LossModule(self.model, weighting, t_sampling, loss_fn)
         self._check_data_fits()
+        if self.ckpt_dir is not None:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if self.distributed:  # broadcasts rank 0's parameters to every rank
             self._ddp = nn.parallel.DistributedDataParallel(
                 self._loss, device_ids=[device.index] if device.type == "cuda" else None
@@ -346,13 +379,15 @@ class Trainer:
             if self.ckpt_dir is None:
                 raise ValueError("save() needs a path when the Trainer has no ckpt_dir")
             path = self.checkpoint_path
+        if not isinstance(path, (str, os.PathLike)) or Path(path).is_dir():
+            raise _checks.fail("path", "a checkpoint file path (not a directory)", path)
         path = Path(path)
         if self.rank == 0:
             state = self.state_dict()
             try:
-                write_atomic(state, path)
+                write_atomic(state, path)  # also removes the temporary files of interrupted writes
             except Exception as err:
-                kept = f"the previous checkpoint {path} is intact" if path.exists() else "no previous checkpoint exists"
+                kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no previous checkpoint exists"
                 raise RuntimeError(f"writing checkpoint {path} at step {self.step} failed ({err}); {kept}") from err
         if self.distributed:
             torch.distributed.barrier()
@@ -372,21 +407,27 @@ class Trainer:
 
     def _restore(self, state: Dict[str, Any], path: Path) -> None:
         check_resumable(state["config"], self.config(), path, _TRAJECTORY_OPTIONS)
+        position = int(state["data"]["position"])
+        if position >= self.data.n:
+            raise ValueError(f"checkpoint {path}: its data position must be below the {self.data.n} items of this "
+                             f"data; got {position} (is this the data of the run that wrote it?)")
         try:
             self.model.load_state_dict(state["model"])
             self.ema_model.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["rng"]["generator"])
+            torch.set_rng_state(state["rng"]["torch"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(f"checkpoint {path} does not fit this model: {err}") from err
-        self.step = int(state["step"])
-        self._order.epoch, self._order.position = int(state["data"]["epoch"]), int(state["data"]["position"])
-        self.generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+        self._order.epoch, self._order.position = int(state["data"]["epoch"]), position
         self.loss_history = state["loss_history"].tolist()
         self._pending = []
         self._last_saved_step = self.step if path == self.checkpoint_path else None
+        if self.rank == 0:
+            remove_leftovers(path)  # of a save that was killed after this checkpoint was written
 
     @classmethod
     def from_checkpoint(
