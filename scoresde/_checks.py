@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "ArgumentError", "fail", "integer", "real", "choice", "boolean", "affine", "same_sde", "finite",
-    "time_range", "renamed", "generator", "floating_dtype", "tensor", "shape", "numbers_tensor",
+    "time_range", "renamed", "generator", "floating_dtype", "tensor", "shape", "numbers_tensor", "at_most",
 ]
 
 
@@ -24,7 +24,11 @@ class ArgumentError(ValueError):
 
 
 def _given(value: Any) -> str:
-    text = repr(value)
+    """What was given, on one line: a string in full (paths, names), anything else's repr with
+    its whitespace collapsed and cut at 80 characters (a tensor, a network)."""
+    if isinstance(value, str):
+        return repr(value)
+    text = " ".join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -130,7 +134,7 @@ def time_range(t: torch.Tensor, lo: float, hi: float, what: str = "t") -> None:
         raise fail(what, f"times in [{lo:g}, {hi:g}]", "a tensor with NaN")
     t_min, t_max = float(t.min()), float(t.max())
     if t_min < lo or t_max > hi:
-        raise fail(what, f"times in [{lo:g}, {hi:g}]", f"values in [{t_min:g}, {t_max:g}]")
+        raise fail(what, f"times in [{lo!r}, {hi!r}]", f"values in [{t_min!r}, {t_max!r}]")  # every digit
 
 
 def generator(name: str, value: Any) -> Optional[torch.Generator]:
@@ -175,7 +179,7 @@ def tensor(name: str, value: Any, accepted: str = "(B, *data_shape)", min_ndim: 
 def shape(name: str, value: Any, min_len: int = 1, accepted: str = "(B, *data_shape)") -> tuple:
     """A sequence of at least `min_len` integers >= 1, as a tuple of ints."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, torch.Size)) or len(value) < min_len:
-        raise fail(name, f"a sequence {accepted} of integers >= 1".replace("  ", " "), value)
+        raise fail(name, "a sequence of integers >= 1" + (f", {accepted}" if accepted else ""), value)
     return tuple(integer(f"{name}[{k}]", size, low=1) for k, size in enumerate(value))
 
 
@@ -194,3 +198,11 @@ def numbers_tensor(name: str, value: Any, accepted: str, ndim: Optional[int] = N
     if isinstance(value, torch.Tensor):
         return raw.detach().to(device="cpu", dtype=torch.float64)
     return torch.as_tensor(value, dtype=torch.float64)  # directly: via float32 a list would lose digits
+
+
+def at_most(name: str, value, high: float, why: str = ""):
+    """`value` (already checked by `integer` or `real`) if it is <= high, else refused: a bound
+    beyond which the work would overflow or not fit, kept apart from the type check's message."""
+    if value > high:
+        raise fail(name, f"at most {high:g}{why}", value)
+    return value

@@ -6,6 +6,11 @@ where torchrun's own `--nnodes`/`--nproc-per-node` make that prefix ambiguous) i
 count, `--ckpt` a Trainer checkpoint, `--steps` solver steps, `--nfe` NFE budgets, and
 `--dtype` defaults to float32 everywhere (`nll` too: its ODE log-likelihood in float32 agrees
 with float64 well within its own confidence interval, down to rtol = atol = 1e-8).
+
+Bad input (a flag's value, a missing or malformed input file, an --out that cannot be
+written, a device this machine lacks) is refused before any work, in one line
+`scoresde: error: <flag> must be <accepted>; got <given>` with exit status 2; `--debug`
+(before or after the subcommand) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -77,7 +82,7 @@ def _int(parser: argparse.ArgumentParser, *flags: str, low: Optional[int] = 1, h
          why: str = "", **kwargs) -> None:
     """An integer flag, checked by `_checks.integer` (>= low) once parsed, as the library checks
     its arguments: one line naming it (`rows must be an integer >= 1; got 0`), no traceback.
-    `high` (with `why` it is the most) refuses values that would exhaust memory or time."""
+    `high` refuses what would exhaust memory or time on a typo; `why` says so in the message."""
     action = parser.add_argument(*flags, type=_number, **kwargs)
     parser.set_defaults(_ints=(*(parser.get_default("_ints") or ()), (action.dest, low, high, why)))
 
@@ -98,8 +103,9 @@ def _seed(parser: argparse.ArgumentParser) -> None:
          help="seed of the prior noise and of every other draw")
 
 
-def _refuse(flag: str, accepted: str, given, why: str) -> _checks.ArgumentError:
-    return _checks.ArgumentError(f"{_checks.fail(flag, accepted, given)} ({why})")
+def _refuse(flag: str, accepted: str, given: str, why: str) -> _checks.ArgumentError:
+    """`_checks.fail`'s message with the reason added, and `given` (a path) never shortened."""
+    return _checks.ArgumentError(f"{flag} must be {accepted}; got {given!r} ({why})")
 
 
 def _device(text: str) -> str:
@@ -334,18 +340,17 @@ def _check_bench(args: argparse.Namespace, names: List[str]) -> None:
     folder = _output_folder(args.out)
     results = folder / "accuracy_vs_nfe.json"
     if args.resume and results.exists():
-        accepted = "a file written by `scoresde bench` (or no file, to start afresh)"
-        _input_file("--resume: --out's accuracy_vs_nfe.json", str(results), accepted[2:])
+        accepted = "used with an --out whose accuracy_vs_nfe.json was written by `scoresde bench` (or is absent)"
         try:
             earlier = json.loads(results.read_text())
+        except OSError as err:
+            raise _refuse("--resume", accepted, str(results), f"it cannot be read: {err.strerror or err}") from None
         except ValueError as err:  # not JSON, or not text
-            raise _refuse("--resume: --out's accuracy_vs_nfe.json", accepted, str(results),
-                          f"it cannot be parsed: {err}") from None
+            raise _refuse("--resume", accepted, str(results), f"it cannot be parsed: {err}") from None
         fields = dict(config=dict, problems=dict, cells=list)
         wrong = [k for k, kind in fields.items() if not isinstance(earlier, dict) or not isinstance(earlier.get(k), kind)]
         if wrong:
-            raise _refuse("--resume: --out's accuracy_vs_nfe.json", accepted, str(results),
-                          "it has no valid " + ", ".join(wrong))
+            raise _refuse("--resume", accepted, str(results), "it has no valid " + ", ".join(wrong))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -449,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
     grid.add_argument("--schedule-file", default=None,
-                   help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
+                      help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
     p.add_argument("--options", default=None,
                    help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
     p.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step (+1 NFE)")
@@ -548,6 +553,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         _check_ints(args)
         args.func(args)
+    except BrokenPipeError:  # `scoresde sdes | head`: the reader left; say nothing (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError, NonFiniteError) as err:  # OSError: a file that went away or filled the disk
         if args.debug:
             raise

@@ -42,6 +42,13 @@ from .model import ScoreModel
 __all__ = ["ClassifierFree", "Classifier"]
 
 
+def _check_scale(scale) -> float:
+    scale = _checks.real("scale", scale, low=0)
+    if scale > 1e6:  # the guided output would overflow long before any use
+        raise _checks.fail("scale", "a finite number in [0, 1e6]", scale)
+    return scale
+
+
 class _Guided(ScoreModel):
     """A ScoreModel serving a modified output of `model` (same SDE, prediction, time input)."""
 
@@ -75,11 +82,16 @@ class ClassifierFree(_Guided):
 
     def __init__(self, model: ScoreModel, cond: torch.Tensor, scale: float, null: Optional[torch.Tensor] = None):
         super().__init__(model)
-        self.scale = _checks.real("scale", scale, low=0)
-        if not isinstance(cond, torch.Tensor) or cond.ndim == 0:
-            raise _checks.fail("cond", "a tensor: labels (B,) or a continuous condition (B, cond_dim)", cond)
+        self.scale = _check_scale(scale)
+        accepted = "a tensor: labels (B,) or a continuous condition (B, cond_dim), B >= 1"
+        if not isinstance(cond, torch.Tensor) or cond.ndim == 0 or cond.shape[0] == 0 or cond.dtype == torch.bool \
+                or cond.is_complex():
+            raise _checks.fail("cond", accepted, cond if not isinstance(cond, torch.Tensor)
+                               else f"a {cond.dtype} tensor of shape {tuple(cond.shape)}")
         net = model.net
         if cond.is_floating_point():
+            if cond.device.type == "cpu":
+                _checks.finite("cond", cond)
             self.key = "cond"
             cond_dim = getattr(net, "cond_dim", None)
             if cond_dim is None:
@@ -103,6 +115,9 @@ class ClassifierFree(_Guided):
             default_null = torch.full_like(cond, num_classes)
         if null is None:
             null = default_null
+        elif not isinstance(null, torch.Tensor):
+            raise _checks.fail("null", f"None or a tensor matching cond: {cond.dtype} {tuple(cond.shape)}",
+                               type(null).__name__)
         elif null.shape != cond.shape or null.dtype != cond.dtype:
             raise ValueError(f"null must match cond: {cond.dtype} {tuple(cond.shape)}; got {null.dtype} {tuple(null.shape)}")
         self.cond, self.null = cond, null
@@ -149,13 +164,14 @@ class Classifier(_Guided):
         super().__init__(model)
         if not callable(classifier):
             raise _checks.fail("classifier", "a callable (x, t) -> logits (B, K)", classifier)
-        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
-            raise ValueError(f"y must be an integer tensor of shape (B,); got {getattr(y, 'dtype', type(y))} "
+        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() \
+                or y.dtype == torch.bool or y.numel() == 0:
+            raise ValueError(f"y must be an integer tensor of shape (B,), B >= 1; got {getattr(y, 'dtype', type(y))} "
                              f"{tuple(getattr(y, 'shape', ()))}")
         if y.numel() and int(y.min()) < 0:
             raise ValueError(f"y must lie in [0, K) for a classifier with K classes; got minimum {int(y.min())}")
         self.classifier, self.y = classifier, y
-        self.scale = _checks.real("scale", scale, low=0)
+        self.scale = _check_scale(scale)
         self.classifier_evals = 0
 
     def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

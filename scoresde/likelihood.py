@@ -84,16 +84,21 @@ def _no_renamed(where: str, given: Dict[str, object], names: Sequence[str]) -> N
 
 def _data(name: str, x, floating: bool = True) -> None:
     """Refuse anything but a finite (floating-point) tensor of shape (B, *data_shape)."""
-    if not isinstance(x, torch.Tensor) or (floating and not x.is_floating_point()) or x.ndim < 2:
-        given = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        kind = "a floating-point tensor" if floating else "a tensor"
-        raise _checks.ArgumentError(f"{name} must be {kind} of shape (B, *data_shape); got {given}")
+    _checks.tensor(name, x, "of shape (B, *data_shape)", floating=floating, check_finite=False)
     if x.is_floating_point():
         _checks.finite(name, x)
 
 
+def _model(model) -> ScoreModel:
+    if not isinstance(model, ScoreModel):
+        raise _checks.fail("model", "a scoresde.ScoreModel (wrap a network or function with ScoreModel(net, sde))",
+                           type(model).__name__)
+    return model
+
+
 def _resolve(model: ScoreModel, sde: Optional[SDE], x: torch.Tensor, t_end: Optional[float],
              method: str, rtol: float, atol: float) -> Tuple[SDE, float]:
+    _model(model)
     if sde is None:
         sde = model.sde
     else:
@@ -159,7 +164,8 @@ def _draw_probes(shape, probes: int, distribution: str, generator, dtype, device
 def _check_trace_options(trace: str, probes: int, probe_distribution: str) -> int:
     _checks.choice("trace", trace, TRACES)
     _checks.choice("probe_distribution", probe_distribution, PROBE_DISTRIBUTIONS)
-    return _checks.integer("probes", probes, low=1)
+    # each probe is a vector-Jacobian product per evaluation, and all are held at once
+    return _checks.at_most("probes", _checks.integer("probes", probes, low=1), 1024)
 
 
 def divergence(
@@ -170,8 +176,11 @@ def divergence(
     Hutchinson-Skilling estimate averaged over `probes` fresh probes drawn from
     `probe_distribution` ('rademacher' or 'gaussian'). One network evaluation."""
     _no_renamed("divergence", renamed, ["noise"])
+    _model(model)
     probes = _check_trace_options(trace, probes, probe_distribution)
-    _checks.finite("x", x)
+    _checks.generator("generator", generator)
+    _data("x", x)
+    t = _checks.real("t", t, low=0, high=model.sde.T)
     eps = None if trace == "exact" else _draw_probes(x.shape, probes, probe_distribution, generator, x.dtype, x.device)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -221,6 +230,7 @@ def log_likelihood(
     _no_renamed("log_likelihood", renamed, ["t_eps", "noise"])
     sde, t_end = _resolve(model, sde, x, t_end, method, rtol, atol)
     probes = _check_trace_options(trace, probes, probe_distribution)
+    _checks.generator("generator", generator)
     eps = None if trace == "exact" else _draw_probes(x.shape, probes, probe_distribution, generator, x.dtype, x.device)
 
     first = [True]  # check the graph to x once per solve (one extra backward pass)
@@ -268,6 +278,8 @@ def decode(
     """Data from latents z (B, *shape): the probability-flow ODE from T down to t_end (default
     sde.t_eps) through `scoresde.sample` with the torchdiffeq backend."""
     _no_renamed("decode", renamed, ["t_eps"])
+    _model(model)
+    _data("z", z)
     t_end = model.sde.t_eps if t_end is None else t_end
     return sample(model, x_T=z, solver="torchdiffeq", t_end=t_end, method=method, rtol=rtol, atol=atol).x
 
@@ -316,8 +328,11 @@ def bits_per_dim(
     Computation runs in `dtype` (default float32, or x's float dtype).
     """
     _checks.renamed(likelihood_options, _RENAMED, "bits_per_dim")
+    _model(model)
     levels = _checks.integer("levels", levels, low=2)
     draws = _checks.integer("draws", draws, low=1)
+    _checks.generator("generator", generator)
+    _checks.floating_dtype("dtype", dtype)
     _data("x", x, floating=False)
     if x.is_floating_point():
         dtype = dtype or x.dtype

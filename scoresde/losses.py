@@ -76,6 +76,8 @@ def sample_time(
     float64, shape (n,), drawn on the generator's device and moved to `device`."""
     _checks.choice("t_sampling", t_sampling, T_SAMPLINGS)
     _check_affine(sde)
+    n = _checks.integer("n", n, low=0)
+    _checks.generator("generator", generator)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gen_device)
     u = u.to(device) if device is not None else u
@@ -153,13 +155,25 @@ def dsm_loss(
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a scoresde.ScoreModel; got {type(model).__name__}")
     sde = _check_affine(model.sde)
-    if x0.ndim < 2 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must have shape (B, *shape) with B >= 1; got {tuple(x0.shape)}")
+    reduce = _checks.boolean("reduce", reduce)
+    _checks.generator("generator", generator)
+    # finiteness is read on the host for CPU data only: on accelerators a per-step sync would
+    # stall training, and the Trainer's batched check of the loss catches NaN data there
+    if not (isinstance(x0, torch.Tensor) and x0.is_floating_point() and x0.ndim >= 2 and x0.shape[0] >= 1):
+        given = f"{x0.dtype} tensor of shape {tuple(x0.shape)}" if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise _checks.ArgumentError(f"x0 must have shape (B, *shape) with B >= 1 and a real floating-point dtype; "
+                                    f"got {given}")
+    if x0.device.type == "cpu":
+        _checks.finite("x0", x0)
     b = x0.shape[0]
     if t is None:
         t = sample_time(sde, b, t_sampling, generator, device=x0.device)
-    elif t.shape != (b,):
-        raise ValueError(f"t must have shape (B,) = ({b},); got {tuple(t.shape)}")
+    elif not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape != (b,):
+        given = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise _checks.ArgumentError(f"t must have shape (B,) = ({b},) and a floating-point dtype (or be None); "
+                                    f"got {given}")
+    if noise is not None:
+        _checks.tensor("noise", noise, "shaped like x0")
     if noise is None:
         gen_device = generator.device if generator is not None else x0.device
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=gen_device).to(x0.device)

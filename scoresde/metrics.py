@@ -65,8 +65,9 @@ def sliced_wasserstein(
         directions.
     """
     x, y = _sample_pair(x, y)
-    projections = _checks.integer("projections", projections, low=1)
-    p = _checks.real("p", p, low=1)
+    projections = _checks.at_most("projections", _checks.integer("projections", projections, low=1), 2**20)
+    p = _checks.at_most("p", _checks.real("p", p, low=1), 100, " (|x - y|^p overflows float64 soon beyond)")
+    _checks.generator("generator", generator)
     (n, d), m = x.shape, y.shape[0]
     if d == 1:
         theta = torch.ones(1, 1, dtype=x.dtype, device=x.device)
@@ -122,6 +123,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Bandwidth = None) -> torch.
     else:
         h = _bandwidths(bandwidth).to(dtype=x.dtype, device=x.device)
     scale = 0.5 / h.square()
+    if not bool(torch.isfinite(scale).all()):  # 0 * inf on the diagonal would be NaN
+        smallest = math.sqrt(0.5 / torch.finfo(x.dtype).max)
+        raise _checks.fail("bandwidth", f"None or numbers >= {smallest:.3g} (1 / (2 h^2) finite in {x.dtype})",
+                           bandwidth)
 
     def kernel(sq_dist: torch.Tensor) -> torch.Tensor:
         return sum(torch.exp(-sq_dist * c) for c in scale)
@@ -199,6 +204,7 @@ def gaussian_w2(
     Returns:
         W_2 with shape (...) (the distance, not squared), or W_2^2 if `squared`.
     """
+    squared = _checks.boolean("squared", squared)
     mean1, cov1 = _gaussian("mean1", "cov1", mean1, cov1)
     mean2, cov2 = _gaussian("mean2", "cov2", mean2, cov2)
     if mean1.shape[-1] != mean2.shape[-1]:
@@ -302,8 +308,8 @@ def _samples(name: str, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must be a torch.Tensor of shape (N, ...); got {type(x).__name__}")
     if x.ndim == 0:
         raise ValueError(f"{name} must have shape (N, ...); got a 0-dim tensor")
-    if x.is_complex():
-        raise ValueError(f"{name} must be real; got dtype {x.dtype}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise _checks.fail(name, "a real tensor of shape (N, ...)", f"dtype {x.dtype}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     if x.shape[0] < 2:
@@ -355,8 +361,18 @@ def _pair_sum(
     return total
 
 
+def _real_tensor(name: str, value, accepted: str) -> torch.Tensor:
+    """A tensor of real numbers (a tensor keeps its dtype and device), or refused."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise _checks.fail(name, accepted, f"a {value.dtype} tensor")
+        return value
+    return _checks.numbers_tensor(name, value, accepted)
+
+
 def _gaussian(mean_name: str, cov_name: str, mean: torch.Tensor, cov: torch.Tensor):
-    mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+    mean = _real_tensor(mean_name, mean, "a real tensor of shape (..., D)")
+    cov = _real_tensor(cov_name, cov, "a real tensor of shape (..., D, D)")
     if not mean.is_floating_point():
         mean = mean.to(torch.get_default_dtype())
     if not cov.is_floating_point():
@@ -408,10 +424,7 @@ def _features(name: str, x: torch.Tensor, features, batch_size: Optional[int]) -
 def _bandwidths(bandwidth) -> torch.Tensor:
     """`bandwidth` (a number or a sequence of them, each finite and > 0) as a float64 (H,) tensor."""
     accepted = "None, a finite number > 0 or a non-empty sequence of them"
-    try:
-        h = torch.as_tensor(bandwidth, dtype=torch.float64).reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise _checks.fail("bandwidth", accepted, bandwidth) from None
+    h = _checks.numbers_tensor("bandwidth", bandwidth, accepted).reshape(-1)
     if h.numel() == 0 or not bool(torch.isfinite(h).all()) or not bool((h > 0).all()):
         raise _checks.fail("bandwidth", accepted, bandwidth)
     return h

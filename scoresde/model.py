@@ -61,7 +61,8 @@ class ScoreModel(torch.nn.Module):
             _checks.choice("time_input", time_input, TIME_INPUTS)
             if time_input != "t":
                 _checks.affine(sde, f"time_input={time_input!r} (any but 't' or a callable)")
-        sigma_data = _checks.real("sigma_data", sigma_data, low=0, open_low=True)
+        sigma_data = _checks.at_most("sigma_data", _checks.real("sigma_data", sigma_data, low=0, open_low=True), 1e100,
+                                     " (it is squared in float64)")
         self.net = net
         self.sde = sde
         self.prediction = prediction
@@ -99,9 +100,7 @@ class ScoreModel(torch.nn.Module):
         t_in = self.network_time(t).to(x.dtype)
         out = _rows_apart(self.net, x_in, t_in, cond) if getattr(self, "rows_apart", False) else self.net(x_in, t_in, **cond)
         self.nfe += 1
-        if out.shape != x.shape:
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
-        return out
+        return _checked_output(out, x)
 
     # ---- served quantities (each is one network evaluation) ----------------------------
     def eps_and_x0(self, x: torch.Tensor, t: Time, **cond) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +190,23 @@ class ScoreModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"
+
+
+def _checked_output(out, x: torch.Tensor) -> torch.Tensor:
+    """The network's output, refused unless it is a tensor of x's shape, dtype and device (under
+    torch.autocast a lower-precision output is expected, and cast to x's dtype)."""
+    accepted = f"a tensor like its input x: shape {tuple(x.shape)}, {x.dtype}, on {x.device}"
+    if not isinstance(out, torch.Tensor):
+        raise _checks.ArgumentError(f"the network's output must be {accepted}; got a {type(out).__name__}")
+    if out.shape != x.shape:
+        raise _checks.ArgumentError(f"the network's output must be {accepted}; got shape {tuple(out.shape)}")
+    if out.device != x.device:
+        raise _checks.ArgumentError(f"the network's output must be {accepted}; got a tensor on {out.device}")
+    if out.dtype != x.dtype:
+        if out.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+            return out.to(x.dtype)
+        raise _checks.ArgumentError(f"the network's output must be {accepted}; got {out.dtype}")
+    return out
 
 
 def _rows_apart(net, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:

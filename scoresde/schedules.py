@@ -10,6 +10,7 @@ A user-given list or tensor of times is validated and used as is, and any object
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
@@ -18,7 +19,14 @@ from . import _checks
 from .sde import SDE, AffineSDE
 
 __all__ = ["SCHEDULES", "get_schedule", "uniform", "quadratic", "logsnr", "karras", "validate", "GridProvider",
-           "ScheduleSpec", "check_end"]
+           "ScheduleSpec", "check_end", "MAX_STEPS", "RHO_RANGE"]
+
+#: the most steps a named grid has (a longer one is more likely a mistake than a plan: the
+#: tight reference solves of this library are adaptive)
+MAX_STEPS = 1_000_000
+#: karras' accepted rho: 1 is uniform in sigma, 7 Karras et al.'s choice; rho -> inf tends to
+#: schedule='logsnr', rho -> 0 puts every step but the last at T
+RHO_RANGE = (0.1, 1000.0)
 
 
 @runtime_checkable
@@ -32,42 +40,59 @@ class GridProvider(Protocol):
 
 def check_end(sde: SDE, t_end: Optional[float]) -> float:
     """t_end (default the SDE's t_eps), checked to lie in (0, T)."""
+    if not isinstance(sde, SDE):
+        raise _checks.fail("sde", "a scoresde.SDE", type(sde).__name__)
     if t_end is None:
         return sde.t_eps
     return _checks.real("t_end", t_end, 0, sde.T, open_low=True, open_high=True)
 
 
 def _check(sde: SDE, steps: int, t_end: Optional[float]) -> float:
-    _checks.integer("steps", steps, low=1)
+    if _checks.integer("steps", steps, low=1) > MAX_STEPS:
+        raise _checks.fail("steps", f"an integer in [1, {MAX_STEPS}] (MAX_STEPS)", steps)
     return check_end(sde, t_end)
+
+
+def _decreasing(ts: torch.Tensor, name: str, steps: int, why: str = "") -> torch.Tensor:
+    """Refuse a named grid that round-off made non-strictly-decreasing (too many steps for
+    float64 on this SDE), naming the first offending step."""
+    bad = ~(ts[1:] < ts[:-1])
+    if bool(bad.any()) or not bool(torch.isfinite(ts).all()):
+        k = int(bad.nonzero()[0]) if bool(bad.any()) else 0
+        raise _checks.fail("steps", f"few enough for schedule={name!r}{why} to give strictly decreasing float64 "
+                           "times", f"{steps} (times {k} and {k + 1} are {float(ts[k]):.17g} and "
+                           f"{float(ts[k + 1]):.17g})")
+    return ts
 
 
 def uniform(sde: SDE, steps: int, t_end: Optional[float] = None) -> torch.Tensor:
     t_end = _check(sde, steps, t_end)
-    return torch.linspace(sde.T, t_end, int(steps) + 1, dtype=torch.float64)
+    return _decreasing(torch.linspace(sde.T, t_end, int(steps) + 1, dtype=torch.float64), "uniform", steps)
 
 
 def quadratic(sde: SDE, steps: int, t_end: Optional[float] = None) -> torch.Tensor:
     t_end = _check(sde, steps, t_end)
     u = torch.linspace(1, 0, int(steps) + 1, dtype=torch.float64)
-    return t_end + (sde.T - t_end) * u**2
+    return _decreasing(t_end + (sde.T - t_end) * u**2, "quadratic", steps)
 
 
 def logsnr(sde: AffineSDE, steps: int, t_end: Optional[float] = None) -> torch.Tensor:
     t_end = _check(sde, steps, t_end)
     _checks.affine(sde, "schedule='logsnr'")
     lam = torch.linspace(float(sde.log_snr(sde.T)), float(sde.log_snr(t_end)), int(steps) + 1, dtype=torch.float64)
-    return _pin_ends(sde.t_of_log_snr(lam), sde.T, t_end)
+    return _decreasing(_pin_ends(sde.t_of_log_snr(lam), sde.T, t_end), "logsnr", steps)
 
 
 def karras(sde: AffineSDE, steps: int, t_end: Optional[float] = None, rho: float = 7.0) -> torch.Tensor:
     t_end = _check(sde, steps, t_end)
     _checks.affine(sde, "schedule='karras'")
-    rho = _checks.real("rho", rho, low=0, open_low=True)
-    s_max = float(sde.sigma_hat(sde.T)) ** (1 / rho)
-    s_min = float(sde.sigma_hat(t_end)) ** (1 / rho)
-    sigma_hat = torch.linspace(s_max, s_min, int(steps) + 1, dtype=torch.float64) ** rho
-    return _pin_ends(sde.t_of_log_snr(-torch.log(sigma_hat)), sde.T, t_end)
+    rho = _checks.real("rho", rho, low=RHO_RANGE[0], high=RHO_RANGE[1])
+    # sigma_hat_i = (s_max + u_i (s_min - s_max))^rho with s = sigma_hat^(1/rho), written as
+    # lambda_i = lambda(T) - rho log(1 + u_i (r - 1)), r = (s_min / s_max): no power can overflow
+    lam_T, lam_end = float(sde.log_snr(sde.T)), float(sde.log_snr(t_end))
+    u = torch.linspace(0, 1, int(steps) + 1, dtype=torch.float64)
+    lam = lam_T - rho * torch.log1p(u * math.expm1((lam_T - lam_end) / rho))
+    return _decreasing(_pin_ends(sde.t_of_log_snr(lam), sde.T, t_end), "karras", steps, f" at rho={rho:g}")
 
 
 SCHEDULES = {"uniform": uniform, "quadratic": quadratic, "logsnr": logsnr, "karras": karras}
@@ -76,15 +101,18 @@ SCHEDULES = {"uniform": uniform, "quadratic": quadratic, "logsnr": logsnr, "karr
 def validate(sde: SDE, ts: Union[Sequence[float], torch.Tensor]) -> torch.Tensor:
     """A user-given grid as a float64 tensor, after checking it is 1-D, has >= 2 finite
     entries, decreases strictly and lies in (0, T]."""
-    ts = torch.as_tensor(ts, dtype=torch.float64).detach().cpu()
+    accepted = f"a 1-D list of at least 2 times, strictly decreasing, in (0, T] = (0, {sde.T:g}]"
+    ts = _checks.numbers_tensor("schedule", ts, accepted)
     if ts.ndim != 1 or ts.numel() < 2:
-        raise ValueError(f"schedule must be a 1-D list of at least 2 times; got shape {tuple(ts.shape)}")
+        raise _checks.fail("schedule", accepted, f"shape {tuple(ts.shape)}")
     if not bool(torch.isfinite(ts).all()):
-        raise ValueError("schedule contains non-finite times")
+        raise _checks.fail("schedule", accepted, "non-finite times")
     if not bool((ts[1:] < ts[:-1]).all()):
-        raise ValueError("schedule must be strictly decreasing (from T towards 0)")
+        k = int((ts[1:] >= ts[:-1]).nonzero()[0])
+        raise _checks.fail("schedule", accepted + " (strictly decreasing, from T towards 0)",
+                           f"times {k} and {k + 1}: {float(ts[k]):g}, {float(ts[k + 1]):g}")
     if float(ts[-1]) <= 0 or float(ts[0]) > sde.T:
-        raise ValueError(f"schedule times must lie in (0, T] = (0, {sde.T:g}]; got [{float(ts[-1]):g}, {float(ts[0]):g}]")
+        raise _checks.fail("schedule", accepted, f"times in [{float(ts[-1]):g}, {float(ts[0]):g}]")
     return ts
 
 
@@ -103,12 +131,22 @@ def get_schedule(
         return schedule.grid(sde, solver, steps, t_end)
     if isinstance(schedule, str):
         _checks.choice("schedule", schedule, SCHEDULES)
+        unknown = set(options) - ({"rho"} if schedule == "karras" else set())
+        if unknown:
+            raise _checks.fail("schedule options", "rho (for schedule='karras') or none",
+                               f"{', '.join(sorted(unknown))} for schedule={schedule!r}")
         return SCHEDULES[schedule](sde, steps, t_end, **options)
+    if isinstance(schedule, (bool, int, float, complex)) or schedule is None:
+        raise _checks.fail("schedule", "a name (" + ", ".join(SCHEDULES) + "), a 1-D sequence of times or a "
+                           "GridProvider", schedule)
     ts = validate(sde, schedule)
-    if steps is not None and steps != ts.numel() - 1:
-        raise ValueError(f"steps={steps} disagrees with the given schedule of {ts.numel() - 1} steps")
-    if t_end is not None and abs(float(ts[-1]) - t_end) > 1e-12 * max(1.0, t_end):
-        raise ValueError(f"t_end={t_end:g} disagrees with the given schedule's last time {float(ts[-1]):g}")
+    if steps is not None and _checks.integer("steps", steps, low=1) != ts.numel() - 1:
+        raise _checks.fail("steps", f"None or the given schedule's {ts.numel() - 1} steps (it disagrees)", steps)
+    if t_end is not None:
+        t_end = check_end(sde, t_end)
+        if abs(float(ts[-1]) - t_end) > 1e-12 * max(1.0, t_end):
+            raise _checks.fail("t_end", f"None or the given schedule's last time {float(ts[-1]):g} (it disagrees)",
+                               t_end)
     return ts
 
 

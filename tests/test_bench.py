@@ -140,3 +140,14 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         for metric in bench.METRICS:
             if a[metric] is not None:
                 assert b[metric] == pytest.approx(a[metric], rel=1e-4, abs=1e-6), (a["solver"], metric)
+
+
+def test_resume_refuses_a_file_that_no_run_wrote(tmp_path):
+    path = tmp_path / "accuracy_vs_nfe.json"
+    for text, match in (('{"cells": []}', "resume must be a results file with config, problems, cells"),
+                        ('{"config": ', "resume must be a readable accuracy_vs_nfe.json")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match) as err:
+            bench.run_benchmark(["ring2d/vp"], solvers=["euler"], nfes=[4], n=10, out=tmp_path, resume=True,
+                                progress=False)
+        assert str(path) in str(err.value)

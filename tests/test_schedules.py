@@ -57,7 +57,7 @@ def test_user_grids():
 
 def test_bad_schedule_arguments():
     vp = sd.VPSDE()
-    with pytest.raises(ValueError, match="rho must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"rho must be a finite number in \[0.1, 1000\]; got 0.0"):
         schedules.karras(vp, 5, rho=0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         schedules.uniform(vp, 0)

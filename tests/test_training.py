@@ -99,19 +99,26 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert_same_state(straight.model, again.model)
 
 
-def test_checkpoint_holds_only_tensors_and_primitives(tmp_path):
+def test_checkpoint_is_safetensors_with_its_config_as_json(tmp_path):
+    """No pickle: a safetensors file whose metadata holds the configuration as JSON."""
+    import json
+
+    from safetensors import safe_open
+
     trainer = sd.Trainer(tiny_model(sd.VESDE(sigma_max=20.0), "x0"), ring_data(), batch_size=16,
                          ckpt_dir=tmp_path, ckpt_every=2, progress=False)
     trainer.fit(3)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]  # no temporary files left behind
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 3
-    config = state["config"]
-    assert config["model"]["sde"] == {"class": "VESDE", "params": {"sigma_min": 0.01, "sigma_max": 20.0, "T": 1.0,
-                                                                    "t_eps": 1e-5, "prior_std": 20.0}}
+    with safe_open(str(tmp_path / "checkpoint.pt"), "pt") as f:
+        body = json.loads(f.metadata()["scoresde"])
+        assert f.get_tensor("rng/generator").dtype == torch.uint8
+        assert f.get_tensor("loss_history").shape == (3,)
+    assert body["step"] == 3
+    config = body["config"]
+    assert config["model"]["sde"] == {"class": "VESDE", "params": {"sigma_min": 0.01, "sigma_max": 20.0, "t_eps": 1e-5}}
     assert config["model"]["net"]["class"] == "MLP" and config["model"]["net"]["config"]["hidden"] == 16
     assert config["model"]["prediction"] == "x0" and config["data_shape"] == [2]
-    assert state["rng"]["generator"].dtype == torch.uint8
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     rebuilt = sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", ring_data(), progress=False)
     assert isinstance(rebuilt.model.sde, sd.VESDE) and rebuilt.model.sde.sigma_max == 20.0
     assert_same_state(trainer.model, rebuilt.model)
@@ -161,24 +168,20 @@ def test_cli_nll_weights_raw_and_its_old_name_model(tmp_path, capsys):
 
 
 def test_corrupted_or_truncated_checkpoints_give_clear_errors(tmp_path):
+    """(tests/test_checkpoints.py flips bytes everywhere, edits the JSON, and crafts pickles.)"""
     trainer, good = write_good_checkpoint(tmp_path)
     blob = good.read_bytes()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(ValueError, match="bad.pt is corrupted or truncated"):
-        load_checkpoint(bad)
-    flipped = bytearray(blob)
-    # flip bytes inside the largest stored tensor (the zip archive has no checksum of its own)
-    start = blob.find(b"data/") + 2000
-    flipped[start:start + 64] = bytes(b ^ 0xFF for b in flipped[start:start + 64])
-    bad.write_bytes(bytes(flipped))
-    with pytest.raises(ValueError, match="bad.pt is corrupted"):
+    with pytest.raises(ValueError, match="bad.pt: is corrupted, truncated or not a scoresde checkpoint"):
         load_checkpoint(bad)
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupted or truncated"):
+    with pytest.raises(ValueError, match="bad.pt: is corrupted, truncated or not a scoresde checkpoint"):
         sd.Trainer.from_checkpoint(bad, ring_data())
-    torch.save({"weights": torch.zeros(2)}, bad)
-    with pytest.raises(ValueError, match="is not a scoresde Trainer checkpoint"):
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.zeros(2)}, str(bad))
+    with pytest.raises(ValueError, match="bad.pt: is not a scoresde Trainer checkpoint"):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         trainer.resume(tmp_path / "missing.pt")
@@ -188,16 +191,17 @@ def test_corrupted_or_truncated_checkpoints_give_clear_errors(tmp_path):
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     trainer, good = write_good_checkpoint(tmp_path)
 
-    def save_half_then_fail(obj, f):
-        f.write(b"PK\x03\x04 partial")
+    def disk_full(fd):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(RuntimeError, match=r"writing checkpoint .*checkpoint.pt at step 4 failed \(No space left on device\); the previous checkpoint .* is intact"):
         trainer.fit(4)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
     assert load_checkpoint(good)["step"] == 2
+    with pytest.raises(ValueError, match="path must be a checkpoint file path \\(not a directory\\); got"):
+        trainer.save(tmp_path)
 
 
 class NaNAfter(torch.nn.Module):
@@ -292,8 +296,9 @@ def test_unet_on_digits_with_labels_runs_a_few_steps():
 @pytest.mark.parametrize(
     "data, kwargs, match",
     [
-        (torch.zeros(0, 2), {}, r"data must have shape \(N, \*shape\) with N >= 1"),
-        (torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), {}, "data contains non-finite values"),
+        (torch.zeros(0, 2), {}, r"data must be a tensor of shape \(N, \*shape\) with N >= 1; got \(0, 2\)"),
+        (torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), {}, "data must be finite; got a tensor with NaN or inf"),
+        (torch.full((8, 2), float("nan")), {}, "data must be finite; got a tensor with NaN or inf"),
         (torch.zeros(4, 3), {}, r"data samples of shape \(3,\) do not fit the network MLP: x must have shape \(B, dim\) = \(B, 2\)"),
         (torch.zeros(4, 2, dtype=torch.long), {}, "data must be a floating-point tensor"),
         ([1.0, 2.0], {}, "data must be a tensor"),
@@ -306,6 +311,30 @@ def test_unet_on_digits_with_labels_runs_a_few_steps():
         (torch.zeros(4, 2), {"bf16": True}, "bf16=True needs a CUDA device; got device='cpu'"),
         (torch.zeros(4, 2), {"sample_every": 5}, "sample_every > 0 needs a callable sample_fn"),
         (torch.zeros(4, 2), {"label_dropout": 0.1}, "label_dropout > 0 needs labelled data"),
+        # the types and ranges of every option, refused before any work (issue 16)
+        (torch.zeros(4, 2), {"lr": "1e-3"}, "lr must be a finite number > 0; got '1e-3'"),
+        (torch.zeros(4, 2), {"batch_size": 2.5}, "batch_size must be an integer >= 1; got 2.5"),
+        (torch.zeros(4, 2), {"batch_size": "16"}, "batch_size must be an integer >= 1; got '16'"),
+        (torch.zeros(4, 2), {"ema_decay": 1.5}, r"ema_decay must be a finite number in \[0, 1\); got 1.5"),
+        (torch.zeros(4, 2), {"label_dropout": 1.0}, r"label_dropout must be a finite number in \[0, 1\); got 1.0"),
+        (torch.zeros(4, 2), {"label_dropout": "0.1"}, r"label_dropout must be a finite number in \[0, 1\); got '0.1'"),
+        (torch.zeros(4, 2), {"grad_clip": True}, "grad_clip must be None or a finite number > 0; got True"),
+        (torch.zeros(4, 2), {"grad_clip": float("inf")}, "grad_clip must be None or a finite number > 0; got inf"),
+        (torch.zeros(4, 2), {"warmup_steps": -1}, "warmup_steps must be an integer >= 0; got -1"),
+        (torch.zeros(4, 2), {"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0; got nan"),
+        (torch.zeros(4, 2), {"ckpt_every": 0}, "ckpt_every must be an integer >= 1; got 0"),
+        (torch.zeros(4, 2), {"sample_every": -1}, "sample_every must be an integer >= 0; got -1"),
+        (torch.zeros(4, 2), {"sample_fn": 5}, r"sample_fn must be None or a callable sample_fn\(ema_model, step\); got 5"),
+        (torch.zeros(4, 2), {"loss_fn": "dsm"}, "loss_fn must be None or a callable .*; got 'dsm'"),
+        (torch.zeros(4, 2), {"seed": -1}, "seed must be an integer in \\[0, 9.22337e\\+18\\]; got -1"),
+        (torch.zeros(4, 2), {"seed": "0"}, "seed must be an integer in .*; got '0'"),
+        (torch.zeros(4, 2), {"ema_warmup": "yes"}, "ema_warmup must be True or False; got 'yes'"),
+        (torch.zeros(4, 2), {"bf16": 1}, "bf16 must be True or False; got 1"),
+        (torch.zeros(4, 2), {"use_labels": 1}, "use_labels must be True or False; got 1"),
+        (torch.zeros(4, 2), {"device": "gpu"}, "device must be None, a torch.device or a device string such as 'cpu', "
+                                               "'cuda', 'cuda:0'; got 'gpu'"),
+        (torch.zeros(4, 2), {"device": 0}, "device must be None, a torch.device or a device string .*; got 0"),
+        (torch.zeros(4, 2), {"ckpt_dir": 3}, r"ckpt_dir must be None or a directory path \(not a file\); got 3"),
     ],
 )
 def test_bad_trainer_inputs(data, kwargs, match):
@@ -313,10 +342,26 @@ def test_bad_trainer_inputs(data, kwargs, match):
         sd.Trainer(tiny_model(), data, progress=False, **kwargs)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"device must be an available device \('cpu'; CUDA is not available here\); "
+                                         r"got 'cuda'"):
+        sd.Trainer(tiny_model(), ring_data(), device="cuda", ckpt_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before creating the checkpoint directory
+
+
+def test_a_file_as_ckpt_dir_and_progress_not_a_bool_are_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"ckpt_dir must be None or a directory path \(not a file\); got .*file"):
+        sd.Trainer(tiny_model(), ring_data(), ckpt_dir=tmp_path / "file", progress=False)
+    with pytest.raises(ValueError, match="progress must be True or False; got 'no'"):
+        sd.Trainer(tiny_model(), ring_data(), progress="no")
+
+
 def test_bad_model_and_fit_arguments():
     with pytest.raises(ValueError, match="model has no trainable parameters"):
         sd.Trainer(RING.score_model(sd.VPSDE()), ring_data())
-    with pytest.raises(ValueError, match="model must be a scoresde.ScoreModel"):
+    with pytest.raises(ValueError, match="model must be a scoresde.ScoreModel; got Linear"):
         sd.Trainer(torch.nn.Linear(2, 2), ring_data())
     labelled = sd.ScoreModel(sd.nets.MLP(2, hidden=16, depth=1, num_classes=3), sd.VPSDE())
     with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes\) = \[0, 3\); got \[0, 3\]"):
@@ -324,6 +369,10 @@ def test_bad_model_and_fit_arguments():
     trainer = sd.Trainer(tiny_model(), ring_data(), batch_size=8, progress=False).fit(2)
     with pytest.raises(ValueError, match="steps=1 is below the 2 steps already done"):
         trainer.fit(1)
+    for steps in (2.5, float("inf"), "10", True):
+        with pytest.raises(ValueError, match=f"steps must be an integer >= 0; got {steps!r}"):
+            trainer.fit(steps)
+    assert trainer.step == 2
 
 
 def test_resuming_another_configuration_is_refused(tmp_path):

@@ -115,6 +115,18 @@ def _sample_metric(name: str, bandwidth) -> Callable[[torch.Tensor, torch.Tensor
     return lambda x, y: _metrics.sliced_wasserstein(x, y, projections=256)
 
 
+def _earlier_run(path: Path) -> dict:
+    """The results file a resume continues, checked to hold what a run writes."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _checks.fail("resume", f"a readable {path.name} written by an earlier run", f"{path}: {err}") from None
+    keys = ("config", "problems", "cells")
+    if not isinstance(earlier, dict) or any(k not in earlier for k in keys) or not isinstance(earlier["cells"], list):
+        raise _checks.fail("resume", f"a results file with {', '.join(keys)} (written by an earlier run)", str(path))
+    return earlier
+
+
 def run_benchmark(
     problems: Iterable[Union[str, Problem]] = QUICK["problems"],
     solvers: Optional[Iterable[str]] = None,
@@ -172,7 +184,7 @@ def run_benchmark(
     json_path = Path(out) / "accuracy_vs_nfe.json" if out is not None else None
     done = set()
     if resume and json_path is not None and json_path.exists() and shards.main:
-        earlier = json.loads(json_path.read_text())
+        earlier = _earlier_run(json_path)
         if {k: v for k, v in earlier["config"].items() if k != "world_size"} != \
                 {k: v for k, v in config.items() if k != "world_size"}:
             raise ValueError(f"resume: {json_path} was written with another configuration ({earlier['config']})")

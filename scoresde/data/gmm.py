@@ -18,7 +18,23 @@ from .._utils import Time, as_time, expand_as_batch
 from ..model import ScoreModel
 from ..sde import AffineSDE
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "MAX_ELEMENTS"]
+
+#: the most entries K D^2 the covariances of a mixture may hold (1 GiB of float64): larger
+#: ones are refused before anything is allocated
+MAX_ELEMENTS = 2**27
+#: the largest |mean| and standard deviation the named constructors accept: squared distances
+#: and variances must stay finite in float64
+_MAX_SCALE = 1e100
+_WHY = " (squared distances and variances must stay finite in float64)"
+
+
+def _check_size(name: str, value: int, components: int, dim: int) -> None:
+    if components > 2**24:  # torch.multinomial draws from at most 2^24 categories
+        raise _checks.fail(name, "an integer <= 2^24 = 16777216 components", value)
+    if components * dim * dim > MAX_ELEMENTS:
+        raise _checks.fail(name, f"small enough that K D^2 = {components} x {dim}^2 covariance entries fit in "
+                                 f"MAX_ELEMENTS = {MAX_ELEMENTS}", value)
 
 
 class GaussianMixture:
@@ -89,8 +105,13 @@ class GaussianMixture:
     def ring(cls, modes: int = 8, radius: float = 1.5, std: float = 0.15) -> "GaussianMixture":
         """`modes` equal isotropic Gaussians on a circle in 2-D."""
         modes = _checks.integer("modes", modes, low=1)
+        _check_size("modes", modes, modes, 2)
         radius = _checks.real("radius", radius)
-        std = _checks.real("std", std, low=0, open_low=True)
+        if abs(radius) > _MAX_SCALE:
+            raise _checks.fail("radius", f"at most {_MAX_SCALE:g} in absolute value{_WHY}", radius)
+        std = _checks.at_most("std", _checks.real("std", std, low=0, open_low=True), _MAX_SCALE, _WHY)
+        if std < 1 / _MAX_SCALE:
+            raise _checks.fail("std", f"at least {1 / _MAX_SCALE:g}{_WHY}", std)
         angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         cov = torch.eye(2, dtype=torch.float64).expand(modes, 2, 2) * std**2
@@ -102,8 +123,10 @@ class GaussianMixture:
         rotations, eigenvalues log-uniform in [1e-3, 1e-1] scale^2), reproducible from `seed`."""
         dim = _checks.integer("dim", dim, low=1)
         components = _checks.integer("components", components, low=1)
+        _check_size("components", components, components, 1)
+        _check_size("dim", dim, components, dim)
         seed = _checks.integer("seed", seed, low=0)
-        scale = _checks.real("scale", scale, low=0, open_low=True)
+        scale = _checks.at_most("scale", _checks.real("scale", scale, low=0, open_low=True), _MAX_SCALE, _WHY)
         g = torch.Generator().manual_seed(seed)
         opts = dict(generator=g, dtype=torch.float64)
         weights = torch.rand(components, **opts) + 0.5
@@ -122,12 +145,17 @@ class GaussianMixture:
     def gaussian(cls, dim: int, mean: float | torch.Tensor = 0.0, std: float | torch.Tensor = 1.0) -> "GaussianMixture":
         """A single Gaussian N(mean, diag(std^2)); mean and std broadcast to (dim,)."""
         dim = _checks.integer("dim", dim, low=1)
+        _check_size("dim", dim, 1, dim)
         mean = _checks.numbers_tensor("mean", mean, f"a real number or {dim} of them")
         std = _checks.numbers_tensor("std", std, f"a number > 0 or {dim} of them")
         if mean.ndim > 1 or mean.numel() not in (1, dim):
             raise _checks.fail("mean", f"a real number or {dim} of them", tuple(mean.shape))
-        if std.ndim > 1 or std.numel() not in (1, dim) or not bool((std > 0).all()) or not bool(std.isfinite().all()):
+        if std.ndim > 1 or std.numel() not in (1, dim) or not bool((std > 0).all()):
             raise _checks.fail("std", f"a finite number > 0 or {dim} of them", std.tolist())
+        if not bool(((std >= 1 / _MAX_SCALE) & (std <= _MAX_SCALE)).all()):
+            raise _checks.fail("std", f"numbers in [{1 / _MAX_SCALE:g}, {_MAX_SCALE:g}]{_WHY}", std.tolist())
+        if not bool((mean.abs() <= _MAX_SCALE).all()):
+            raise _checks.fail("mean", f"numbers in [-{_MAX_SCALE:g}, {_MAX_SCALE:g}]", mean.tolist())
         mean, std = mean.reshape(-1).expand(dim), std.reshape(-1).expand(dim)
         return cls([1.0], mean[None].clone(), torch.diag_embed(std**2)[None].clone())
 
@@ -206,8 +234,14 @@ class GaussianMixture:
             )
         return self._cache[key]
 
+    def _check_x(self, x) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise _checks.fail("x", f"a real floating-point tensor (B, {', '.join(map(str, self.event_shape))})",
+                               f"{x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__)
+
     def _at_time(self, x: torch.Tensor, t: Time, sde: AffineSDE, score: bool = False, x0: bool = False):
         _checks.affine(sde, "the Gaussian mixture's exact quantities at time t")
+        self._check_x(x)
         t = sde.check_time(as_time(t)).to(device=x.device)
         return self._component_terms(x, sde.alpha(t), sde.sigma(t), score, x0)
 
@@ -216,9 +250,7 @@ class GaussianMixture:
     ):
         """(log p, score, x0, log responsibilities) for x_t = alpha x0 + sigma eps; alpha and
         sigma are scalars or (B,). score and x0 are None unless asked for."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise _checks.fail("x", f"a real floating-point tensor (B, {', '.join(map(str, self.event_shape))})",
-                               f"{x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__)
+        self._check_x(x)
         shape = x.shape
         if tuple(shape[1:]) != self.event_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}); got {tuple(shape)}")

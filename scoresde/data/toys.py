@@ -28,7 +28,7 @@ def _check_draw(n, generator, dtype, **nonnegative) -> int:
     _checks.generator("generator", generator)
     _checks.floating_dtype("dtype", dtype, optional=False)
     for name, value in nonnegative.items():
-        _checks.real(name, value, low=0)
+        _checks.at_most(name, _checks.real(name, value, low=0), 1e6, " (far beyond any toy's scale)")
     return _checks.integer("n", n, low=0)
 
 

@@ -42,9 +42,9 @@ def chain_of(scheduler_or_betas) -> Tuple[torch.Tensor, torch.Tensor]:
         ac = torch.as_tensor(ac, dtype=torch.float64)
         return ac, (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]]) if betas is None else torch.as_tensor(betas).double())
     if isinstance(scheduler_or_betas, (torch.Tensor, list, tuple)) or hasattr(scheduler_or_betas, "__array__"):
-        betas = torch.as_tensor(scheduler_or_betas, dtype=torch.float64)
-        if betas.ndim == 1:
-            return DiscreteVPSDE.from_betas(betas).alphas_cumprod, betas
+        betas = _checks.numbers_tensor("scheduler_or_betas", scheduler_or_betas,
+                                       "a diffusers scheduler with `alphas_cumprod` or a 1-D sequence of betas", ndim=1)
+        return DiscreteVPSDE.from_betas(betas).alphas_cumprod, betas
     raise _checks.ArgumentError(
         f"scheduler_or_betas must be a DDPM-family diffusers scheduler with `alphas_cumprod` (DDPMScheduler, "
         f"DDIMScheduler, DPMSolverMultistepScheduler, ...) or a 1-D sequence of betas; got "

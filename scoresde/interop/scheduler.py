@@ -13,7 +13,7 @@ import torch
 
 from .. import _checks
 from ..model import ScoreModel
-from ..schedules import get_schedule, validate
+from ..schedules import SCHEDULES, get_schedule, validate
 from ..sde import DiscreteVPSDE
 from ..solvers import Grid, History, multistep_order
 from ..solvers.exponential import dpm_multistep_update
@@ -88,6 +88,8 @@ class SolverScheduler:
         _checks.choice("solver", solver, SCHEDULER_SOLVERS)
         _checks.choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _checks.choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        _checks.choice("schedule", schedule, SCHEDULES)
+        lower_order_final = _checks.boolean("lower_order_final", lower_order_final)
         self.solver, self.solver_order = solver, SCHEDULER_SOLVERS[solver]
         self.prediction_type, self.schedule = prediction_type, schedule
         self.final_sigmas_type, self.lower_order_final = final_sigmas_type, bool(lower_order_final)
@@ -111,7 +113,8 @@ class SolverScheduler:
         """Plan `num_inference_steps` steps (one model evaluation each) on `schedule`, or steps
         at the given descending (float) `timesteps`, one evaluation at each."""
         if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("give exactly one of num_inference_steps or timesteps")
+            raise _checks.ArgumentError("exactly one of num_inference_steps or timesteps must be given; got "
+                                        + ("both" if timesteps is not None else "neither"))
         sde, zero = self.sde, self.final_sigmas_type == "zero"
         if timesteps is not None:
             ts = self._times_of(timesteps)
@@ -136,8 +139,9 @@ class SolverScheduler:
 
     def _times_of(self, timesteps: Sequence[float]) -> torch.Tensor:
         """Float64 times of descending timesteps in [0, N-1]."""
-        k = torch.as_tensor(timesteps).detach().cpu().reshape(-1).double()
         last = self.sde.num_train_timesteps - 1
+        k = _checks.numbers_tensor("timesteps", timesteps, f"finite values in [0, {last}] (the trained range)")
+        k = k.reshape(-1)
         if k.numel() == 0 or not bool(torch.isfinite(k).all()) or float(k.min()) < 0 or float(k.max()) > last:
             raise ValueError(f"timesteps must be finite values in [0, {last}] (the trained range); got {k.tolist()}")
         ts = self.sde.t_of_timestep(k)

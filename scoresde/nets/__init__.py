@@ -4,7 +4,8 @@ carry a `config` dict of their constructor arguments, from which `build_net` reb
 (checkpoints store it)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+import inspect
+from typing import Any, Dict, Mapping
 
 from torch import nn
 
@@ -23,4 +24,12 @@ NETS = {"MLP": MLP, "UNet": UNet}
 
 def build_net(name: str, config: Dict[str, Any]) -> nn.Module:
     """The network `NETS[name](**config)`, e.g. from a checkpoint's stored configuration."""
-    return NETS[_checks.choice("name", name, NETS)](**config)
+    cls = NETS[_checks.choice("name", name, NETS)]
+    accepted = inspect.signature(cls.__init__).parameters
+    if not isinstance(config, Mapping):
+        raise _checks.fail("config", f"a mapping of {name}'s constructor arguments", type(config).__name__)
+    unknown = sorted(set(config) - set(accepted) - {"self"})
+    if unknown:
+        raise _checks.fail("config", f"keys among {name}'s constructor arguments ("
+                           + ", ".join(k for k in accepted if k != "self") + ")", f"unknown {', '.join(map(str, unknown))}")
+    return cls(**config)

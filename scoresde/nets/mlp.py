@@ -61,14 +61,16 @@ class MLP(nn.Module):
     ):
         super().__init__()
         dim = _checks.integer("dim", dim, low=1)
-        hidden = _checks.integer("hidden", hidden, low=1)
-        depth = _checks.integer("depth", depth, low=1)
+        # upper bounds: an absurd size is refused before anything is allocated
+        hidden = _checks.at_most("hidden", _checks.integer("hidden", hidden, low=1), 2**16)
+        depth = _checks.at_most("depth", _checks.integer("depth", depth, low=1), 1024)
         if hidden % 2:
             raise _checks.fail("hidden", "even (it is also the time-embedding width)", hidden)
         if cond_dim is not None:
             cond_dim = _checks.integer("cond_dim", cond_dim, low=1)
         if num_classes is not None:
             num_classes = _checks.integer("num_classes", num_classes, low=1)
+        fourier_scale = _checks.real("fourier_scale", fourier_scale, low=0, open_low=True)
         self.config = dict(
             dim=int(dim), hidden=int(hidden), depth=int(depth), time_embedding=time_embedding,
             cond_dim=None if cond_dim is None else int(cond_dim),

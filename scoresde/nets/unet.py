@@ -71,14 +71,20 @@ class UNet(nn.Module):
     ):
         super().__init__()
         in_channels = _checks.integer("in_channels", in_channels, low=1)
-        base_channels = _checks.integer("base_channels", base_channels, low=1)
+        # upper bounds: an absurd size is refused before anything is allocated
+        base_channels = _checks.at_most("base_channels", _checks.integer("base_channels", base_channels, low=1), 4096)
         groups = _checks.integer("groups", groups, low=1)
-        num_res_blocks = _checks.integer("num_res_blocks", num_res_blocks, low=0)
+        num_res_blocks = _checks.at_most("num_res_blocks", _checks.integer("num_res_blocks", num_res_blocks, low=0), 64)
         if num_classes is not None:
             num_classes = _checks.integer("num_classes", num_classes, low=1)
-        channel_mults = [_checks.integer(f"channel_mults[{i}]", m, low=1) for i, m in enumerate(channel_mults)]
+        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, (list, tuple)):
+            raise _checks.fail("channel_mults", "a non-empty sequence of integers >= 1", channel_mults)
+        channel_mults = [_checks.at_most(f"channel_mults[{i}]", _checks.integer(f"channel_mults[{i}]", m, low=1), 64)
+                         for i, m in enumerate(channel_mults)]
         if not channel_mults:
             raise _checks.fail("channel_mults", "a non-empty sequence of integers >= 1", channel_mults)
+        _checks.at_most("len(channel_mults)", len(channel_mults), 8, " resolutions")
+        fourier_scale = _checks.real("fourier_scale", fourier_scale, low=0, open_low=True)
         widths = [base_channels * m for m in channel_mults]
         if any(w % groups for w in widths):
             raise _checks.fail("groups", f"a divisor of every level width {widths} (base_channels * channel_mults)",

@@ -17,8 +17,13 @@ class _UnitAlphaSDE(AffineSDE):
 
     def _set_noise_range(self, sigma_min: float, sigma_max: float) -> None:
         # sigma^2 (and (sigma/alpha)^2 = exp(-2 log-SNR)) must stay inside float64's normal range
-        self.sigma_min = _checks.real("sigma_min", sigma_min, low=math.exp(-LOG_SNR_LIMIT))
-        self.sigma_max = _checks.real("sigma_max", sigma_max, high=math.exp(LOG_SNR_LIMIT))
+        self.sigma_min = _checks.real("sigma_min", sigma_min, low=0, open_low=True)
+        self.sigma_max = _checks.real("sigma_max", sigma_max)
+        lo, hi = math.exp(-LOG_SNR_LIMIT), math.exp(LOG_SNR_LIMIT)
+        for name, value in (("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)):
+            if not lo <= value <= hi:
+                raise _checks.fail(name, f"a finite number in [{lo:.3g}, {hi:.3g}] (|log-SNR| <= {LOG_SNR_LIMIT:g}, so "
+                                   "that sigma^2 stays inside float64's range)", value)
         if self.sigma_max <= self.sigma_min:
             raise _checks.fail("sigma_max", f"> sigma_min = {self.sigma_min:g}", sigma_max)
         self.prior_std = self.sigma_max

@@ -12,11 +12,12 @@ import torch
 from ..sde import SDE
 
 __all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "Noise", "NoiseFn",
-           "RowGenerators", "LOWER_ORDER_FINAL_BELOW"]
+           "RowGenerators", "LOWER_ORDER_FINAL_BELOW", "EvalWatch"]
 
 
 class NonFiniteError(RuntimeError):
-    """A sampler produced NaN or inf; the message names the step and time."""
+    """A sampler produced NaN or inf; the message names the step (or the network evaluation)
+    and the time where it first appeared."""
 
 
 @dataclass
@@ -173,6 +174,8 @@ class Loop:
         #: accelerators, where a per-step check is a host-device synchronization)
         self.deferred_check: Optional[bool] = None
         self._first_bad: Optional[torch.Tensor] = None
+        #: the evaluations of a library solver (backends.py), named when a step turns non-finite
+        self.watch: Optional["EvalWatch"] = None
         self.callback = callback
         self.state_hook = state_hook
         self.trajectory: Optional[List[torch.Tensor]] = [] if record else None
@@ -250,11 +253,84 @@ class Loop:
 
     def _fail(self, i: int) -> None:
         self.close()
+        first = "" if self.watch is None else self.watch.describe()
         raise NonFiniteError(
             f"non-finite values in the state after step {i + 1} of {len(self.ts) - 1} (t={self._t[i + 1]:.6g})"
+            + (f"; {first}" if first else "")
         )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class EvalWatch:
+    """Counts the network evaluations a solver makes through it and remembers the first whose
+    output is non-finite (its number and time), so that a failure deep inside torchdiffeq, scipy
+    or torchsde, or in a rejected adaptive step, is reported where it began.
+
+    On accelerators the check stays on the device and is read once, by `first()`, so watching
+    adds no host-device synchronization per evaluation (`deferred=False` checks at once)."""
+
+    def __init__(self, deferred: Optional[bool] = None):
+        self.count = 0
+        self.deferred = deferred
+        self._first: Optional[Tuple[int, float]] = None
+        self._times: List[float] = []  # the time of each evaluation, while the check is deferred
+        self._first_dev: Optional[torch.Tensor] = None
+
+    def __call__(self, t, out: torch.Tensor) -> torch.Tensor:
+        """Record one evaluation at time t (a float, or per-sample times of shape (B,)) with
+        output `out` (B, *shape); returns `out`."""
+        self.count += 1
+        if self._first is not None:
+            return out
+        if self.deferred is None:
+            self.deferred = out.device.type != "cpu"
+        if self.deferred and not isinstance(t, torch.Tensor):
+            self._times.append(float(t))
+            if self._first_dev is None:
+                self._first_dev = torch.zeros((), dtype=torch.long, device=out.device)
+            first = self._first_dev
+            bad = ~torch.isfinite(out).all() & (first == 0)
+            self._first_dev = torch.where(bad, torch.full_like(first, self.count), first)
+            return out
+        out_ = out.detach()
+        finite = torch.isfinite(out_).reshape(out_.shape[0], -1).all(1) if out_.ndim else torch.isfinite(out_)
+        if not bool(finite.all()):
+            if isinstance(t, torch.Tensor) and t.ndim == 1:
+                t = t.detach()[~finite].max()  # the bad row met first, in reverse time
+            self._first = (self.count, float(t))
+        return out
+
+    def wrap(self, fn: Callable[[torch.Tensor, object], torch.Tensor]) -> Callable[[torch.Tensor, object], torch.Tensor]:
+        """fn(x, t) -> output (e.g. `model.score`), watched."""
+        def watched(x, t):
+            return self(t, fn(x, t))
+
+        return watched
+
+    def first(self) -> Optional[Tuple[int, float]]:
+        """(evaluation number, from 1; time) of the first non-finite output, or None."""
+        if self._first is None and self._first_dev is not None:
+            k = int(self._first_dev)
+            if k > 0:
+                self._first = (k, self._times[k - 1])
+        return self._first
+
+    def describe(self) -> str:
+        """'the first non-finite evaluation was number k of n (t=...)', or ''."""
+        first = self.first()
+        if first is None:
+            return ""
+        return f"the first non-finite evaluation was number {first[0]} of {self.count} (t={first[1]:.6g})"
+
+    def error(self, solver: str, cause: Optional[str] = None) -> NonFiniteError:
+        """The NonFiniteError for `solver` having stopped (`cause`: the library's own words)
+        after a non-finite evaluation; call only when `first()` is not None."""
+        k, t = self.first()
+        return NonFiniteError(
+            f"non-finite values from evaluation {k} of {self.count} (t={t:.6g}) by {solver}"
+            + (f"; the solver then stopped: {cause}" if cause else "")
+        )

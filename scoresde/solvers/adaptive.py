@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ._loop import Loop, Noise, NoiseFn, NonFiniteError, RowGenerators
+from ._loop import EvalWatch, Loop, Noise, NoiseFn, NonFiniteError, RowGenerators
 from .registry import register
 
 __all__ = ["adaptive_sde"]
@@ -39,7 +39,8 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
     t_start, t_end = float(ts[0]), float(ts[-1])
     batch = x.shape[0]
     draw, per_row = Noise(generator, noise_fn), isinstance(generator, RowGenerators)
-    reverse = model.sde.reverse(model.score)
+    watch = loop.watch = EvalWatch()  # names the first non-finite evaluation if a step goes bad
+    reverse = model.sde.reverse(watch.wrap(model.score))
     opts = dict(dtype=torch.float64, device=x.device)
     t = torch.full((batch,), t_start, **opts)
     h = torch.full((batch,), h_init * (t_start - t_end), **opts)
@@ -51,8 +52,9 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
         if not bool(active.any()):
             break
         if model.nfe - nfe_start >= max_evals:
-            raise NonFiniteError(f"adaptive_sde used max_evals={max_evals} evaluations with {int(active.sum())} "
-                                 f"samples unfinished (smallest step {float(h[active].min()):.3g})")
+            raise RuntimeError(f"adaptive-sde used max_evals={max_evals} evaluations with {int(active.sum())} "
+                               f"samples unfinished at t <= {float(t[active].max()):.6g} (smallest step "
+                               f"{float(h[active].min()):.3g}); raise max_evals or loosen rtol/atol")
         idx = active.nonzero().squeeze(1)
         xa, ta = x[idx], t[idx]
         ha = torch.minimum(h[idx], ta - t_end)
@@ -72,7 +74,9 @@ def adaptive_sde(model, x, ts, loop: Loop, *, generator=None, noise_fn: Optional
         scale = torch.clamp(rtol * torch.maximum(x_check.abs(), x_prev[idx].abs()), min=atol)
         err = ((x_check - x_heun) / scale).reshape(len(idx), -1).pow(2).mean(1).sqrt().to(torch.float64)
         if not bool(torch.isfinite(err).all()):
-            raise NonFiniteError(f"adaptive_sde produced non-finite values near t={float(ta.min()):.6g}")
+            if watch.first() is not None:
+                raise watch.error("adaptive-sde")
+            raise NonFiniteError(f"adaptive-sde produced non-finite values in a step from t={float(ta.max()):.6g}")
         accept = err <= 1
         acc = idx[accept]
         x[acc] = x_new[accept]

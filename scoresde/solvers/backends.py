@@ -5,7 +5,7 @@ so it includes every evaluation the library made, rejected steps and Jacobian es
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Tuple, Union
+from typing import Callable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -13,13 +13,13 @@ import torchsde
 
 from .. import _checks
 from ..model import ScoreModel
-from ._loop import Loop, NonFiniteError, RowGenerators
+from ._loop import EvalWatch, Loop, RowGenerators
 from .ode import pf_velocity
 from .registry import register
 
 __all__ = [
     "odeint_in_range", "torchdiffeq_ode", "scipy_ode", "torchsde_sde", "TORCHDIFFEQ_FIXED", "TORCHDIFFEQ_ADAPTIVE",
-    "SCIPY_METHODS", "TORCHSDE_METHODS",
+    "SCIPY_METHODS", "TORCHSDE_METHODS", "TORCHDIFFEQ_OPTIONS",
 ]
 
 TORCHDIFFEQ_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -27,10 +27,61 @@ TORCHDIFFEQ_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun
 TORCHDIFFEQ_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "LSODA", "Radau", "BDF")
 
+_ADAPTIVE_OPTIONS = ("first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor",
+                     "max_num_steps", "norm")
+#: the `options` each torchdiffeq method takes (torchdiffeq itself only warns about others). The
+#: fixed-grid methods' step_size and grid_constructor are left out: they step on the schedule.
+TORCHDIFFEQ_OPTIONS = {
+    **{method: _ADAPTIVE_OPTIONS for method in TORCHDIFFEQ_ADAPTIVE},
+    **{method: ("perturb", "interp") for method in TORCHDIFFEQ_FIXED},
+    **{method: ("perturb", "interp", "max_iters", "max_order") for method in ("explicit_adams", "implicit_adams")},
+}
+
 
 def _check_tolerances(rtol: float, atol: float) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         _checks.real(name, value, low=0, open_low=True)
+
+
+def _check_options(method: str, options: Optional[Mapping]) -> dict:
+    """torchdiffeq `options` for `method`, refusing names it does not take."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise _checks.fail("options", "None or a dict of torchdiffeq options", type(options).__name__)
+    accepted = TORCHDIFFEQ_OPTIONS[method]
+    unknown = sorted(repr(name) for name in options if name not in accepted)
+    if unknown:
+        raise _checks.ArgumentError(f"options must be a dict of the options torchdiffeq's {method!r} takes "
+                                    f"({', '.join(accepted)}); got unknown {', '.join(unknown)}")
+    return dict(options)
+
+
+class _Evaluations:
+    """fn(t, y) as a library solver calls it: at t clamped into [lo, hi] (torchdiffeq computes
+    stage times in the state's dtype and moves step ends by one ulp, so a float32 solve may ask
+    for T + 1 ulp), each output watched for non-finite values, and an exception raised inside an
+    evaluation remembered, so that it propagates as it is, not as the library's failure."""
+
+    def __init__(self, fn: Callable[[float, torch.Tensor], torch.Tensor], watch: EvalWatch, lo: float, hi: float):
+        self.fn, self.watch, self.lo, self.hi = fn, watch, lo, hi
+        self.raised: Optional[BaseException] = None
+
+    def __call__(self, t, y: torch.Tensor) -> torch.Tensor:
+        t = min(max(float(t), self.lo), self.hi)
+        try:
+            return self.watch(t, self.fn(t, y))
+        except BaseException as err:
+            self.raised = err
+            raise
+
+    def failure(self, solver: str, err: BaseException) -> Exception:
+        """What to raise for the library's own `err` (not `raised`) out of `solver`: a
+        NonFiniteError naming the first non-finite evaluation, else a RuntimeError."""
+        cause = f"{type(err).__name__}: {err}"
+        if self.watch.first() is not None:
+            return self.watch.error(solver, cause)
+        return RuntimeError(f"{solver} failed after {self.watch.count} evaluations: {cause}")
 
 
 #: a state torchdiffeq integrates: one tensor or a tuple of them
@@ -53,17 +104,24 @@ def odeint_in_range(
 
     func is never evaluated outside [t0, t1], where an SDE may be undefined: torchdiffeq's
     automatic first step probes ahead of t0 and its steps may overshoot t1, so the first step is
-    1e-3 |t1 - t0| and steps stop at t1 (`first_step`, `step_t`; `options` may override them).
+    1e-3 |t1 - t0| and steps stop at t1 (`first_step`, `step_t`; `options` may override them),
+    and func sees its time as a float64 tensor clamped into [t0, t1] (torchdiffeq computes stage
+    times in y0's dtype and perturbs step ends by one ulp: float32 round-off past an end).
     t0 and t1 reach torchdiffeq as a `t_dtype` tensor on y0's device."""
     import torchdiffeq
 
     method = _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE)
+    options = _check_options(method, options)
     device = (y0[0] if isinstance(y0, tuple) else y0).device
     t = torch.tensor([float(t_span[0]), float(t_span[1])], dtype=t_dtype, device=device)
-    options = dict(options or {})
+    lo, hi = sorted(float(end) for end in t_span)
     options.setdefault("first_step", 1e-3 * abs(float(t_span[1]) - float(t_span[0])))
     options.setdefault("step_t", t[[-1]])
-    path = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, options=options)
+
+    def inside(t: torch.Tensor, y: State) -> State:
+        return func(t.to(torch.float64).clamp(lo, hi), y)
+
+    path = torchdiffeq.odeint(inside, y0, t, method=method, rtol=rtol, atol=atol, options=options)
     return tuple(p[-1] for p in path) if isinstance(path, tuple) else path[-1]
 
 
@@ -80,21 +138,30 @@ def torchdiffeq_ode(
     options: dict | None = None,
 ) -> torch.Tensor:
     """Adaptive methods integrate from ts[0] to ts[-1] under rtol/atol; fixed-grid methods
-    step on the schedule `ts`."""
+    step on the schedule `ts`. `options`: torchdiffeq's, those in TORCHDIFFEQ_OPTIONS[method].
+    A solve that meets non-finite values stops with NonFiniteError naming the first non-finite
+    evaluation (torchdiffeq's own failures, such as "underflow in dt", are its cause)."""
     import torchdiffeq
 
-    _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED)
+    method = _checks.choice("method", method, TORCHDIFFEQ_ADAPTIVE + TORCHDIFFEQ_FIXED)
     _check_tolerances(rtol, atol)
-
-    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pf_velocity(model, y, float(t))
-
+    options = _check_options(method, options)
+    loop.watch = EvalWatch()
+    func = _Evaluations(lambda t, y: pf_velocity(model, y, t), loop.watch, float(ts[-1]), float(ts[0]))
+    solver = f"torchdiffeq's {method!r}"
+    try:
+        if method in TORCHDIFFEQ_ADAPTIVE:
+            x = odeint_in_range(func, x, (float(ts[0]), float(ts[-1])), method=method, rtol=rtol, atol=atol,
+                                options=options)
+        else:
+            path = torchdiffeq.odeint(func, x, ts.to(x.device), method=method, rtol=rtol, atol=atol, options=options)
+    except Exception as err:
+        if err is func.raised:
+            raise
+        raise func.failure(solver, err) from err
     if method in TORCHDIFFEQ_ADAPTIVE:
-        x = odeint_in_range(func, x, (float(ts[0]), float(ts[-1])), method=method, rtol=rtol, atol=atol,
-                            options=options)
-        loop.done(len(ts) - 2, x)
+        _finish_adaptive(loop, x, solver)
         return x
-    path = torchdiffeq.odeint(func, x, ts.to(x.device), method=method, rtol=rtol, atol=atol, options=dict(options or {}))
     for i, state in enumerate(path[1:]):
         loop.done(i, state)
     return path[-1]
@@ -116,21 +183,40 @@ def scipy_ode(
     not a fast one."""
     from scipy.integrate import solve_ivp
 
-    _checks.choice("method", method, SCIPY_METHODS)
+    method = _checks.choice("method", method, SCIPY_METHODS)
     _check_tolerances(rtol, atol)
     shape, dtype, device = x.shape, x.dtype, x.device
+    loop.watch = EvalWatch()
+    velocity = _Evaluations(lambda t, y: pf_velocity(model, y, t), loop.watch, float(ts[-1]), float(ts[0]))
+    solver = f"scipy's solve_ivp({method})"
 
     def fun(t: float, y: np.ndarray) -> np.ndarray:
         state = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
-        return pf_velocity(model, state, float(t)).detach().to("cpu", torch.float64).numpy().ravel()
+        return velocity(t, state).detach().to("cpu", torch.float64).numpy().ravel()
 
     y0 = x.detach().to("cpu", torch.float64).numpy().ravel()
-    sol = solve_ivp(fun, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol, atol=atol)
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below
+            sol = solve_ivp(fun, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol, atol=atol)
+    except Exception as err:
+        if err is velocity.raised:
+            raise
+        raise velocity.failure(solver, err) from err
     if not sol.success:
-        raise NonFiniteError(f"scipy solve_ivp({method}) failed at t={float(sol.t[-1]):.6g}: {sol.message}")
+        if loop.watch.first() is not None:
+            raise loop.watch.error(solver, sol.message)
+        raise RuntimeError(f"{solver} failed at t={float(sol.t[-1]):.6g}: {sol.message}")
     x = torch.from_numpy(sol.y[:, -1].copy()).to(device=device, dtype=dtype).reshape(shape)
-    loop.done(len(ts) - 2, x)
+    _finish_adaptive(loop, x, solver)
     return x
+
+
+def _finish_adaptive(loop: Loop, x: torch.Tensor, solver: str) -> None:
+    """The end of an adaptive solve (one step for the loop): a non-finite result is reported
+    at the first non-finite evaluation (a rejected trial step's may have been harmless)."""
+    if loop.watch.first() is not None and not bool(torch.isfinite(x).all()):
+        raise loop.watch.error(solver, "it returned non-finite values")
+    loop.done(len(loop.ts) - 2, x)
 
 
 #: torchsde methods for diagonal noise, with the SDE type each integrates
@@ -144,14 +230,14 @@ class _TorchsdeReverse(torch.nn.Module):
 
     noise_type = "diagonal"
 
-    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str):
+    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, drift: "_Evaluations"):
         super().__init__()
         self.model, self.shape, self.sde_type = model, shape, sde_type
         self.reverse = model.sde.reverse(model.score)
+        self.drift = drift  # the reverse drift in time t, watched: (t, x) -> drift
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = y.reshape(self.shape)
-        return -self.reverse.drift(x, -float(s)).reshape(y.shape)
+        return -self.drift(-float(s), y.reshape(self.shape)).reshape(y.shape)
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = y.reshape(self.shape)
@@ -198,7 +284,10 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
         raise ValueError("the torchsde backend steps with a fixed dt: use schedule='uniform'")
     shape = x.shape
     y = x.reshape(shape[0], -1)
-    sde = _TorchsdeReverse(model, shape, TORCHSDE_METHODS[method])
+    reverse = model.sde.reverse(model.score)
+    loop.watch = EvalWatch()
+    drift = _Evaluations(lambda t, x: reverse.drift(x, t), loop.watch, float(ts[-1]), float(ts[0]))
+    sde = _TorchsdeReverse(model, shape, TORCHSDE_METHODS[method], drift)
     # torchsde steps at s_0 + k dt, accumulated in float64; outputs requested exactly there never
     # leave a round-off sliver of an extra step (the grid moves by ~1e-16)
     s = torch.tensor(list(itertools.accumulate([-float(ts[0])] + [dt] * steps)), dtype=torch.float64, device=x.device)
@@ -217,7 +306,12 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                      device=generator.device if generator else None))
             bm = interval(seed, y.shape)
-    path = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=dt)
+    try:
+        path = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=dt)
+    except Exception as err:
+        if err is drift.raised:
+            raise
+        raise drift.failure(f"torchsde's sdeint({method})", err) from err
     for i, state in enumerate(path[1:]):
         loop.done(i, state.reshape(shape))
     return path[-1].reshape(shape)

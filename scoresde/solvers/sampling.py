@@ -10,9 +10,10 @@ import torch
 
 from .. import _checks
 from ..model import ScoreModel
-from ..schedules import ScheduleSpec, get_schedule
+from ..schedules import MAX_STEPS, ScheduleSpec, get_schedule
 from ..sde import SDE
-from ._loop import Loop, RowGenerators, StateHook
+from ._loop import Loop, NonFiniteError, RowGenerators, StateHook
+from .backends import TORCHDIFFEQ_FIXED
 from .hooks import Inpainting
 from .registry import available, get
 
@@ -69,19 +70,25 @@ def sample(
         shape: (B, *data_shape) when `x_T` is not given; x_T is then drawn from the prior with
             `generator` (in `dtype` on `device`, default float32 on the generator's device).
         solver: a name from `scoresde.solvers.available()` (or an older alias of one).
-        steps: number of solver steps (each costs the solver's evaluations per step); default
-            DEFAULT_STEPS, or the step count of a user grid or of a schedule that brings its own
-            (an explicit other count is refused); adaptive solvers integrate [T, t_end] by
-            themselves (a given `steps` only sets `times`, or the grid of torchdiffeq's
-            fixed-grid methods).
+        steps: number of solver steps, 1 to `scoresde.schedules.MAX_STEPS` (each costs the
+            solver's evaluations per step); default DEFAULT_STEPS, or the step count of a user
+            grid or of a schedule that brings its own (an explicit other count is refused).
+            Adaptive solvers (torchdiffeq's adaptive methods, scipy, adaptive-sde) choose their
+            own steps from T to t_end and refuse `steps` and grids of more than two times;
+            torchdiffeq's fixed-grid methods (method='rk4', ...) step on the grid.
         schedule: 'uniform', 'quadratic', 'logsnr', 'karras', a descending list of times, or any
             `scoresde.schedules.GridProvider` (e.g. a tuned schedule of `scoresde.tuning`, which
             checks the SDE and solver it was tuned for) (default: the solver's own if it needs
             one, else DEFAULT_SCHEDULE for affine SDEs, 'uniform' otherwise).
+            A grid that starts below T needs `x_T` (the state at its first time): the prior
+            gives draws at T only.
         schedule_options: options of a named schedule, e.g. {'rho': 5.0} for 'karras'.
         t_end: last time of the grid, default sde.t_eps.
         denoise: finish with one extra evaluation returning the posterior mean E[x0 | x_t_end]
             (Tweedie); it is counted in nfe.
+
+    Raises NonFiniteError when NaN or inf appears, naming the step (or, for library and
+    adaptive solvers, the network evaluation) and the time where it first did.
         callback: called after every step with {'i', 't', 'x', 'x0_pred'}.
         enable_grad: keep the autograd graph (e.g. to optimize a schedule); off by default.
         state_hook: hook(x, t, last) -> x, applied to the state after every step (and to x_T);
@@ -115,11 +122,25 @@ def sample(
             f"unknown option(s) {', '.join(sorted(unknown))} for solver {info.name!r}; "
             f"it accepts: {', '.join(info.options) or 'no options'}"
         )
+    on_grid = _steps_on_grid(info, solver_options)
+    if steps is not None:
+        if _checks.integer("steps", steps, low=1) > MAX_STEPS:  # before any grid is allocated
+            raise _checks.fail("steps", f"an integer in [1, {MAX_STEPS}] (scoresde.schedules.MAX_STEPS)", steps)
+        if not on_grid:
+            raise _checks.fail("steps", f"None for {_adaptive_name(info, solver_options)}", steps)
     if schedule is None:
         schedule = info.default_schedule or (DEFAULT_SCHEDULE if sde.is_affine else "uniform")
     if steps is None and isinstance(schedule, str):
-        steps = 1 if info.adaptive else DEFAULT_STEPS  # a user grid or a GridProvider has its own
+        steps = DEFAULT_STEPS if on_grid else 1  # a user grid or a GridProvider has its own
     ts = get_schedule(schedule, sde, steps, t_end, solver=info.name, **(schedule_options or {}))
+    if not on_grid and ts.numel() > 2:
+        raise _checks.ArgumentError(
+            f"schedule must be a named schedule or the two times [T, t_end] for {_adaptive_name(info, solver_options)} "
+            f"(only the grid's ends are used); got a grid of {ts.numel()} times")
+    if x_T is None and sde.T - float(ts[0]) > 1e-12 * abs(sde.T):
+        raise _checks.ArgumentError(
+            f"x_T must be given (the state at the schedule's first time {float(ts[0])!r}) when the schedule starts "
+            f"below T = {sde.T!r}: shape= draws from the prior, the law at T; got x_T=None")
     x = _initial_state(sde, shape, x_T, generator, dtype, device)
     if inpaint is not None:
         if state_hook is not None:
@@ -154,6 +175,9 @@ def sample(
             loop.close()
         if denoise:
             x = model.x0(x, float(ts[-1]))
+            if not bool(torch.isfinite(x).all()):  # one host read, after the solve
+                raise NonFiniteError(f"non-finite values from the final denoising evaluation (denoise=True) at "
+                                     f"t={float(ts[-1]):.6g}")
             if state_hook is not None:
                 x = state_hook(x, float(ts[-1]), True)
     if x.device.type == "cuda":
@@ -161,6 +185,23 @@ def sample(
     seconds = time.perf_counter() - start
     trajectory = torch.stack(loop.trajectory) if return_trajectory else None
     return SampleResult(x, model.nfe - nfe_start, ts, info.name, seconds, trajectory)
+
+
+def _steps_on_grid(info, solver_options: dict) -> bool:
+    """Whether the solver steps on the time grid: every fixed-step solver and torchdiffeq's
+    fixed-grid methods; other adaptive solvers choose their own steps between the grid's ends."""
+    if not info.adaptive:
+        return True
+    return info.name == "torchdiffeq" and info.resolve(solver_options).get("method") in TORCHDIFFEQ_FIXED
+
+
+def _adaptive_name(info, solver_options: dict) -> str:
+    """The adaptive solver, in words, for messages."""
+    if info.name == "torchdiffeq":
+        method = info.resolve(solver_options).get("method")
+        return (f"torchdiffeq's adaptive method {method!r}, which chooses its own steps from T to t_end (set "
+                f"rtol/atol; the fixed-grid methods {', '.join(TORCHDIFFEQ_FIXED)} take steps)")
+    return f"the adaptive solver {info.name!r}, which chooses its own steps from T to t_end (set rtol/atol)"
 
 
 def _check_entry(model, shape, x_T, generator, callback, state_hook, dtype) -> None:

@@ -19,6 +19,7 @@ leftover temporary file is removed by the next save or resume (one writer per ch
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -100,6 +101,11 @@ def _params_of(cls) -> List[str]:
     return [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
 
 
+def _mismatch(name: str, accepted: str, given: str) -> _checks.ArgumentError:
+    """`_checks.fail` for a `given` that is a description (printed as is, not as a repr)."""
+    return _checks.ArgumentError(f"{name} must be {accepted}; got {given}")
+
+
 def _dict(name: str, value: Any, keys: Optional[Sequence[str]] = None, required: bool = True) -> Dict[str, Any]:
     """`value` as a dict with string keys, each in `keys` (all of them when `required`)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -108,9 +114,8 @@ def _dict(name: str, value: Any, keys: Optional[Sequence[str]] = None, required:
         unknown = [k for k in value if k not in keys]
         missing = [k for k in keys if k not in value] if required else []
         if unknown or missing:
-            raise _checks.fail(name, ("an object with the keys " if required else "an object with keys among ")
-                               + ", ".join(keys),
-                               "keys " + ", ".join(sorted(value)) if value else "no keys")
+            accepted = ("an object with the keys " if required else "an object with keys among ") + ", ".join(keys)
+            raise _mismatch(name, accepted, "keys " + ", ".join(sorted(value)) if value else "no keys")
     return value
 
 
@@ -151,15 +156,17 @@ def _buildable(config: Dict[str, Any]) -> bool:
             and config["net"]["config"] is not None and config["time_input"] != "<callable>")
 
 
-def _construct(config: Dict[str, Any]) -> ScoreModel:
-    """The ScoreModel of a checked, buildable `config`, on the current default device."""
+def _construct(config: Dict[str, Any], meta: bool = False) -> ScoreModel:
+    """The ScoreModel of a checked, buildable `config` (its network on the meta device, which
+    allocates nothing, when `meta`)."""
     sde_cls, net_cls = SDE_CLASSES[config["sde"]["class"]], NET_CLASSES[config["net"]["class"]]
     try:
         sde = sde_cls(**config["sde"]["params"])
     except (ValueError, TypeError) as err:
         raise _checks.ArgumentError(f"model.sde: {err}") from err
     try:
-        net = net_cls(**config["net"]["config"])
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            net = net_cls(**config["net"]["config"])
     except (ValueError, TypeError) as err:
         raise _checks.ArgumentError(f"model.net.config: {err}") from err
     return ScoreModel(net, sde, prediction=config["prediction"], time_input=config["time_input"],
@@ -169,13 +176,13 @@ def _construct(config: Dict[str, Any]) -> ScoreModel:
 def _meta_model(config: Dict[str, Any]) -> ScoreModel:
     """The model of a checked, buildable `config` on the meta device (no memory), refused when it
     has more than MAX_PARAMETERS parameters."""
-    with torch.device("meta"):
-        model = _construct(config)
+    model = _construct(config, meta=True)
     count = sum(p.numel() for p in model.parameters())
     if count > MAX_PARAMETERS:
         net = config["net"]
-        raise _checks.fail("model.net.config", f"a network of at most {MAX_PARAMETERS:.0e} parameters",
-                           f"{net['class']}({net['config']}) with {count:.3g} parameters")
+        args = ", ".join(f"{k}={v}" for k, v in net["config"].items() if v is not None)
+        raise _mismatch("model.net.config", f"a network of at most {MAX_PARAMETERS:.0e} parameters",
+                        f"{net['class']}({args}) with {count:.3g} parameters")
     return model
 
 
@@ -337,12 +344,6 @@ def _open_path(path: Any) -> Path:
         raise CheckpointError(f"checkpoint must be a checkpoint file written by Trainer; got the directory {path}{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        raise _refuse(path, "is a torch.save (pickle) file, which scoresde does not read (a pickle can run code when "
-                            "loaded). If it is a checkpoint of an older scoresde that you trust, convert it with "
-                            "scoresde.training.checkpoint.convert_legacy(old, new); otherwise retrain")
     return path
 
 
@@ -388,55 +389,59 @@ def _check_tensors(index: Dict[str, Tuple[str, List[int]]], body: Dict[str, Any]
         if name == "loss_history":
             continue
         if head not in groups or not rest:
-            raise _checks.fail("tensors", "model/*, ema/*, optimizer/state/*, rng/* and loss_history", name)
+            raise _mismatch("tensors", "named model/*, ema/*, optimizer/state/*, rng/* or loss_history", name)
         groups[head][rest] = entry
     if "loss_history" not in index:
-        raise _checks.fail("tensors", "a set including loss_history", "none")
+        raise _mismatch("tensors", "a set including loss_history", "none")
     dtype, shape = index["loss_history"]
     if dtype != "F64" or len(shape) != 1 or shape[0] > body["step"]:
-        raise _checks.fail("loss_history", f"float64 of shape (n,) with n <= step = {body['step']}", f"{dtype} {shape}")
+        raise _mismatch("loss_history", f"float64 of shape (n,) with n <= step = {body['step']}",
+                        f"{dtype} {tuple(shape)}")
 
-    model, ema = groups["model"], groups["ema"]
     config = body["config"]["model"]
+    net = config["net"]["class"]
     if _buildable(config):
         meta = _meta_model(config)  # refuses an oversized network before anything is read
         expected = {k: list(v.shape) for k, v in meta.state_dict().items()}
-        param_shapes = [list(p.shape) for p in meta.parameters()]
+        param_shapes: Optional[List[List[int]]] = [list(p.shape) for p in meta.parameters()]
     else:  # a custom network: checked against the model it is restored into
-        expected = {k: v[1] for k, v in model.items()}
+        expected = {k: v[1] for k, v in groups["model"].items()}
         param_shapes = None
-    for group, present in (("model", model), ("ema", ema)):
-        missing = sorted(set(expected) - set(present))
-        extra = sorted(set(present) - set(expected))
+    for group in ("model", "ema"):
+        present = groups[group]
+        missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
         if missing or extra:
-            raise _checks.fail(f"{group} tensors", f"those of the configured network {config['net']['class']}",
-                               "; ".join(filter(None, [f"missing {', '.join(missing[:3])}" if missing else "",
-                                                        f"unexpected {', '.join(extra[:3])}" if extra else ""])))
+            found = [f"missing {', '.join(missing[:3])}" if missing else "",
+                     f"unexpected {', '.join(extra[:3])}" if extra else ""]
+            raise _mismatch(f"{group} tensors", f"those of the configured network {net}", "; ".join(filter(None, found)))
         for key, (dtype, shape) in present.items():
             if shape != expected[key] or dtype not in _FLOAT_DTYPES:
-                raise _checks.fail(f"{group}/{key}", f"a float tensor of shape {tuple(expected[key])} "
-                                   f"(the configured network {config['net']['class']})", f"{dtype} {tuple(shape)}")
+                raise _mismatch(f"{group}/{key}", f"a float tensor of shape {tuple(expected[key])} (the configured "
+                                f"network {net})", f"{dtype} {tuple(shape)}")
+
     n_params = sum(len(g["params"]) for g in body["optimizer"]["param_groups"])
     if param_shapes is not None and n_params != len(param_shapes):
-        raise _checks.fail("optimizer.param_groups", f"{len(param_shapes)} parameters (the configured network's)", n_params)
-    allowed = {tuple(s) for s in expected.values()}
+        raise _mismatch("optimizer.param_groups", f"{len(param_shapes)} parameters (the configured network's)",
+                        str(n_params))
+    shapes = {tuple(s) for s in expected.values()}
     for rest, (dtype, shape) in groups["optimizer"].items():
         parts = rest.split("/")
-        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= n_params \
-                or parts[2] not in _ADAMW_STATE:
-            raise _checks.fail("optimizer tensors", f"optimizer/state/<i < {n_params}>/<{'|'.join(_ADAMW_STATE)}>",
-                               f"optimizer/{rest}")
+        if (len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= n_params
+                or parts[2] not in _ADAMW_STATE):
+            raise _mismatch("optimizer tensors", f"named optimizer/state/<i < {n_params}>/<{'|'.join(_ADAMW_STATE)}>",
+                            f"optimizer/{rest}")
         i, key = int(parts[1]), parts[2]
         want = [] if key == "step" else (param_shapes[i] if param_shapes is not None else None)
-        if dtype not in _FLOAT_DTYPES or (shape != want if want is not None else tuple(shape) not in allowed):
-            accepted = f"a float tensor of shape {tuple(want)}" if want is not None else "a float tensor shaped like a parameter"
-            raise _checks.fail(f"optimizer/{rest}", accepted, f"{dtype} {tuple(shape)}")
+        if dtype not in _FLOAT_DTYPES or (shape != want if want is not None else tuple(shape) not in shapes):
+            accepted = f"a float tensor of shape {tuple(want)}" if want is not None else "a float tensor shaped like a weight"
+            raise _mismatch(f"optimizer/{rest}", accepted, f"{dtype} {tuple(shape)}")
+
     for key, (dtype, shape) in groups["rng"].items():
         if key not in _RNG_KEYS or dtype != "U8" or len(shape) != 1 or shape[0] > _MAX_RNG_BYTES:
-            raise _checks.fail(f"rng/{key}", f"a uint8 tensor of at most {_MAX_RNG_BYTES} bytes named "
-                               + ", ".join(f"rng/{k}" for k in _RNG_KEYS), f"{dtype} {tuple(shape)}")
+            raise _mismatch(f"rng/{key}", f"a uint8 tensor of at most {_MAX_RNG_BYTES} bytes named "
+                            + ", ".join(f"rng/{k}" for k in _RNG_KEYS), f"{dtype} {tuple(shape)}")
     if "generator" not in groups["rng"] or "torch" not in groups["rng"]:
-        raise _checks.fail("rng tensors", "rng/generator and rng/torch", ", ".join(groups["rng"]) or "none")
+        raise _mismatch("rng tensors", "rng/generator and rng/torch", ", ".join(groups["rng"]) or "none")
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -450,6 +455,12 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     try:
         f = safe_open(str(path), framework="pt", device="cpu")
     except Exception as err:  # safetensors reports a bad header as SafetensorError
+        with open(path, "rb") as raw:
+            head = raw.read(2)
+        if head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise _refuse(path, "is a torch.save (pickle) file, which scoresde does not read (unpickling can run "
+                                "code). If it is a checkpoint of an older scoresde that you trust, convert it with "
+                                "scoresde.training.checkpoint.convert_legacy(old, new); otherwise retrain") from None
         raise _refuse(path, f"is corrupted, truncated or not a scoresde checkpoint: it cannot be read as a "
                             f"safetensors file ({type(err).__name__}: {err})") from err
     with f:

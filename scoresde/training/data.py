@@ -8,6 +8,8 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
+from .. import _checks
+
 __all__ = ["Data", "IndexedData", "EpochOrder", "derive_seed"]
 
 Data = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], torch.utils.data.Dataset]
@@ -36,17 +38,14 @@ class IndexedData:
         elif isinstance(data, torch.utils.data.Dataset):
             self.dataset = data
         else:
-            raise ValueError(
-                "data must be a tensor (N, *shape), a pair (x, labels) of tensors, or a map-style "
-                f"torch.utils.data.Dataset; got {type(data).__name__}"
-            )
+            raise _checks.fail("data", "a tensor (N, *shape), a pair (x, labels) of tensors, or a map-style "
+                               "torch.utils.data.Dataset", data)
         if self.x is not None:
             if not self.x.is_floating_point():
-                raise ValueError(f"data must be a floating-point tensor; got {self.x.dtype}")
+                raise _checks.fail("data", "a floating-point tensor", self.x.dtype)
             if self.x.ndim < 2 or self.x.shape[0] == 0:
-                raise ValueError(f"data must have shape (N, *shape) with N >= 1; got {tuple(self.x.shape)}")
-            if not bool(torch.isfinite(self.x).all()):
-                raise ValueError("data contains non-finite values (NaN or inf)")
+                raise _checks.fail("data", "a tensor of shape (N, *shape) with N >= 1", tuple(self.x.shape))
+            _checks.finite("data", self.x)  # checked once, before training
             self.n = self.x.shape[0]
             self.sample_shape = tuple(self.x.shape[1:])
             self.dtype = self.x.dtype
@@ -55,8 +54,11 @@ class IndexedData:
         else:
             self.n = len(self.dataset)
             if self.n == 0:
-                raise ValueError("data is empty (a Dataset of length 0)")
+                raise _checks.fail("data", "a Dataset of length >= 1", data)
             x, y = self._split(self.dataset[0])
+            if not x.is_floating_point():
+                raise _checks.fail("data", "a Dataset of floating-point tensors", x.dtype)
+            _checks.finite("data[0]", x)  # every later item is checked when its batch is drawn
             self.sample_shape, self.dtype = tuple(x.shape), x.dtype
             self.has_labels_item = y is not None
 
@@ -103,8 +105,8 @@ class IndexedData:
         x = torch.stack([item[0] for item in items])
         if tuple(x.shape[1:]) != self.sample_shape or not x.is_floating_point():
             raise ValueError(f"Dataset items must all be float tensors of shape {self.sample_shape}; got {x.dtype} {tuple(x.shape[1:])}")
-        if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
-            raise ValueError("data contains non-finite values (NaN or inf)")
+        if x.device.type == "cpu":
+            _checks.finite("data", x)
         y = torch.stack([item[1] for item in items]).long() if items[0][1] is not None else None
         return x, y
 

@@ -8,12 +8,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .. import _checks
+from ..model import ScoreModel
 from ..schedules import SCHEDULES, check_end, get_schedule
 from ..sde import SDE, AffineSDE
 from ..solvers import NonFiniteError, available, get, reference_solve, sample
@@ -145,7 +146,20 @@ def optimize(
                     "optimize")
     if renamed:
         raise TypeError(f"optimize() got unexpected keyword argument(s) {', '.join(sorted(renamed))}")
-    sde = model.sde if sde is None else sde
+    if not isinstance(model, ScoreModel):
+        raise _checks.fail("model", "a scoresde.ScoreModel (wrap a network or function with ScoreModel(net, sde))",
+                           type(model).__name__)
+    if sde is None:
+        sde = model.sde
+    else:
+        _checks.same_sde(sde, model.sde)
+    _checks.generator("generator", generator)
+    dtype = _checks.floating_dtype("dtype", dtype, optional=False)
+    if max_evals is not None:
+        max_evals = _checks.integer("max_evals (None: 30 per free parameter, at least 60)", max_evals, low=1)
+    if reference_options is not None and not isinstance(reference_options, Mapping):
+        raise _checks.fail("reference_options", "None or a mapping of reference_solve options",
+                           type(reference_options).__name__)
     info = get(solver)
     if info.kind != "ode" or info.adaptive:
         raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(_fixed_step_ode_solvers()), solver)
@@ -158,6 +172,10 @@ def optimize(
     nfe_start = model.nfe
     if reference is None:
         reference = reference_solve(model, x_T, t_end, reference_options).x
+    elif not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
+        raise _checks.fail("reference", f"None or a floating-point tensor of the calibration batch's shape "
+                           f"{tuple(x_T.shape)}", type(reference).__name__ if not isinstance(reference, torch.Tensor)
+                           else f"{reference.dtype} tensor")
     elif reference.shape != x_T.shape:
         raise _checks.fail("reference", f"a tensor of the calibration batch's shape {tuple(x_T.shape)}",
                            tuple(reference.shape))
@@ -183,7 +201,7 @@ def optimize(
     if count > 1:
         log_widths = torch.log(torch.diff(sde.log_snr(best_ts)) / (lam_end - lam_T)).numpy()
         at = np.linspace(0, steps - 1, count)
-        max_evals = max(60, 30 * (count - 1)) if max_evals is None else int(max_evals)
+        max_evals = max(60, 30 * (count - 1)) if max_evals is None else max_evals
         found: Dict[Tuple[float, ...], float] = {}
 
         def grid(offsets) -> Optional[torch.Tensor]:
@@ -225,10 +243,9 @@ def _calibration_noise(sde: SDE, shape, x_T, generator, dtype, device) -> torch.
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2 or x_T.shape[0] < MIN_CALIBRATION:
             raise _checks.fail("x_T", f"a tensor {accepted}", tuple(getattr(x_T, "shape", ())) or x_T)
+        _checks.tensor("x_T", x_T, accepted)  # real floating point, finite
         return x_T
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise _checks.fail("shape", accepted, shape)
+    shape = _checks.shape("shape", shape, min_len=2, accepted=accepted)
     _checks.integer("shape[0] (the calibration batch size)", shape[0], low=MIN_CALIBRATION)
     return sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
 
