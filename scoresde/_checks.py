@@ -134,7 +134,13 @@ def time_range(t: torch.Tensor, lo: float, hi: float, what: str = "t") -> None:
         raise fail(what, f"times in [{lo:g}, {hi:g}]", "a tensor with NaN")
     t_min, t_max = float(t.min()), float(t.max())
     if t_min < lo or t_max > hi:
-        raise fail(what, f"times in [{lo!r}, {hi!r}]", f"values in [{t_min!r}, {t_max!r}]")  # every digit
+        raise fail(what, f"times in [{_exact(lo)}, {_exact(hi)}]", f"values in [{_exact(t_min)}, {_exact(t_max)}]")
+
+
+def _exact(value: float) -> str:
+    """A number short (%g) where that is exact, else with every digit (1.0000001 is not 1)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def generator(name: str, value: Any) -> Optional[torch.Generator]:

@@ -61,8 +61,8 @@ class ScoreModel(torch.nn.Module):
             _checks.choice("time_input", time_input, TIME_INPUTS)
             if time_input != "t":
                 _checks.affine(sde, f"time_input={time_input!r} (any but 't' or a callable)")
-        sigma_data = _checks.at_most("sigma_data", _checks.real("sigma_data", sigma_data, low=0, open_low=True), 1e100,
-                                     " (it is squared in float64)")
+        sigma_data = _checks.at_most("sigma_data", _checks.real("sigma_data", sigma_data, low=0, open_low=True), 1e15,
+                                     " (the EDM preconditioning squares it in the state's dtype, float32 too)")
         self.net = net
         self.sde = sde
         self.prediction = prediction

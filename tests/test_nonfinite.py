@@ -21,7 +21,7 @@ def _broken(value=float("nan"), below=BAD_BELOW, seen=None):
     """An eps network that is 0 (exact for N(0, I) data) at t >= `below` and `value` below it."""
     def net(x, t):
         if seen is not None:
-            seen.append(float(t.max()))
+            seen.append(float(t.min()))  # per-sample times (adaptive-sde): the lowest
         return torch.where(t[:, None] < below, torch.full_like(x, value), torch.zeros_like(x))
 
     return sd.ScoreModel(net, SDE, prediction="eps")
@@ -33,11 +33,9 @@ def _gen():
 
 def _evaluation_time(message):
     """(evaluation number, t) named in a NonFiniteError message."""
-    match = re.search(r"evaluation (\d+) of \d+ \(t=([0-9.e-]+)\)|evaluation was number (\d+) of \d+ \(t=([0-9.e-]+)\)",
-                      message)
+    match = re.search(r"evaluation (?:was number )?(\d+) of \d+ \(t=([0-9.e-]+)\)", message)
     assert match, message
-    k, t = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
-    return int(k), float(t)
+    return int(match.group(1)), float(match.group(2))
 
 
 def _first_bad(seen):
@@ -71,12 +69,11 @@ def test_adaptive_and_library_solvers_name_the_first_non_finite_evaluation(run, 
         sd.sample(model, shape=(4, 2), **kwargs)
     message = str(raised.value)
     k, t = _evaluation_time(message)
-    if kwargs["solver"] == "adaptive-sde":  # each step evaluates at two times; one is the first bad one
-        assert (k, t) in {(n + 1, s) for n, s in enumerate(seen) if s < BAD_BELOW} and k == _first_bad(seen)[0]
+    if kwargs["solver"] == "adaptive-sde":  # per-sample times: the latest bad row's time is named
+        assert k == _first_bad(seen)[0] and _first_bad(seen)[1] <= t < BAD_BELOW
     else:
         assert (k, pytest.approx(t, rel=1e-5)) == _first_bad(seen)
     assert t < BAD_BELOW and kwargs["solver"] in message
-    assert "AssertionError" not in type(raised.value).__name__
 
 
 @pytest.mark.parametrize("kwargs, step, t_step", [

@@ -18,7 +18,10 @@ from .._utils import Time, as_time, expand_as_batch
 from ..model import ScoreModel
 from ..sde import AffineSDE
 
-__all__ = ["GaussianMixture", "MAX_ELEMENTS"]
+__all__ = ["GaussianMixture", "MAX_ELEMENTS", "MAX_SAMPLES"]
+
+#: the most samples one call draws (10^8 rows: 0.8 GB for 2-D float32 data)
+MAX_SAMPLES = 10**8
 
 #: the most entries K D^2 the covariances of a mixture may hold (1 GiB of float64): larger
 #: ones are refused before anything is allocated
@@ -179,7 +182,7 @@ class GaussianMixture:
     ):
         """n exact samples, shape (n, *event_shape); with `return_components` also the
         component index of each sample, shape (n,)."""
-        n = _checks.integer("n", n, low=0)
+        n = _checks.at_most("n", _checks.integer("n", n, low=0), MAX_SAMPLES, " samples in one call")
         generator = _checks.generator("generator", generator)
         dtype = _checks.floating_dtype("dtype", dtype, optional=False)
         return_components = _checks.boolean("return_components", return_components)

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .. import _checks
-from .gmm import GaussianMixture
+from .gmm import MAX_SAMPLES, GaussianMixture
 
 __all__ = [
     "ring_mixture", "two_moons", "swiss_roll", "checkerboard", "pinwheel", "bimodal_1d",
@@ -29,7 +29,7 @@ def _check_draw(n, generator, dtype, **nonnegative) -> int:
     _checks.floating_dtype("dtype", dtype, optional=False)
     for name, value in nonnegative.items():
         _checks.at_most(name, _checks.real(name, value, low=0), 1e6, " (far beyond any toy's scale)")
-    return _checks.integer("n", n, low=0)
+    return _checks.at_most("n", _checks.integer("n", n, low=0), MAX_SAMPLES, " samples in one call")
 
 
 def _draw_opts(generator: Optional[torch.Generator]) -> dict:

@@ -304,7 +304,7 @@ class EvalWatch:
             self._first = (self.count, float(t))
         return out
 
-    def wrap(self, fn: Callable[[torch.Tensor, object], torch.Tensor]) -> Callable[[torch.Tensor, object], torch.Tensor]:
+    def wrap(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """fn(x, t) -> output (e.g. `model.score`), watched."""
         def watched(x, t):
             return self(t, fn(x, t))

@@ -180,7 +180,7 @@ def scipy_ode(
 ) -> torch.Tensor:
     """solve_ivp on the whole batch flattened into one float64 vector (one step size for the
     batch). The state crosses to the CPU and NumPy at every evaluation: a reference solver,
-    not a fast one."""
+    not a fast one. The first non-finite evaluation stops it with NonFiniteError."""
     from scipy.integrate import solve_ivp
 
     method = _checks.choice("method", method, SCIPY_METHODS)
@@ -192,7 +192,11 @@ def scipy_ode(
 
     def fun(t: float, y: np.ndarray) -> np.ndarray:
         state = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
-        return velocity(t, state).detach().to("cpu", torch.float64).numpy().ravel()
+        v = velocity(t, state).detach().to("cpu", torch.float64).numpy().ravel()
+        if loop.watch.first() is not None:  # scipy's methods do not recover from it (LSODA never returns)
+            velocity.raised = loop.watch.error(solver)
+            raise velocity.raised
+        return v
 
     y0 = x.detach().to("cpu", torch.float64).numpy().ravel()
     try:
@@ -230,11 +234,12 @@ class _TorchsdeReverse(torch.nn.Module):
 
     noise_type = "diagonal"
 
-    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, drift: "_Evaluations"):
+    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, watch: EvalWatch,
+                 t_span: Tuple[float, float]):
         super().__init__()
         self.model, self.shape, self.sde_type = model, shape, sde_type
         self.reverse = model.sde.reverse(model.score)
-        self.drift = drift  # the reverse drift in time t, watched: (t, x) -> drift
+        self.drift = _Evaluations(lambda t, x: self.reverse.drift(x, t), watch, *t_span)  # (t, x), watched
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -self.drift(-float(s), y.reshape(self.shape)).reshape(y.shape)
@@ -284,10 +289,8 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
         raise ValueError("the torchsde backend steps with a fixed dt: use schedule='uniform'")
     shape = x.shape
     y = x.reshape(shape[0], -1)
-    reverse = model.sde.reverse(model.score)
     loop.watch = EvalWatch()
-    drift = _Evaluations(lambda t, x: reverse.drift(x, t), loop.watch, float(ts[-1]), float(ts[0]))
-    sde = _TorchsdeReverse(model, shape, TORCHSDE_METHODS[method], drift)
+    sde = _TorchsdeReverse(model, shape, TORCHSDE_METHODS[method], loop.watch, (float(ts[-1]), float(ts[0])))
     # torchsde steps at s_0 + k dt, accumulated in float64; outputs requested exactly there never
     # leave a round-off sliver of an extra step (the grid moves by ~1e-16)
     s = torch.tensor(list(itertools.accumulate([-float(ts[0])] + [dt] * steps)), dtype=torch.float64, device=x.device)
@@ -309,9 +312,9 @@ def torchsde_sde(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
     try:
         path = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=dt)
     except Exception as err:
-        if err is drift.raised:
+        if err is sde.drift.raised:
             raise
-        raise drift.failure(f"torchsde's sdeint({method})", err) from err
+        raise sde.drift.failure(f"torchsde's sdeint({method})", err) from err
     for i, state in enumerate(path[1:]):
         loop.done(i, state.reshape(shape))
     return path[-1].reshape(shape)

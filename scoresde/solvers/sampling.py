@@ -140,7 +140,7 @@ def sample(
     if x_T is None and sde.T - float(ts[0]) > 1e-12 * abs(sde.T):
         raise _checks.ArgumentError(
             f"x_T must be given (the state at the schedule's first time {float(ts[0])!r}) when the schedule starts "
-            f"below T = {sde.T!r}: shape= draws from the prior, the law at T; got x_T=None")
+            f"below T = {sde.T!r}, since shape= draws x_T from the prior, the law at T; got x_T=None")
     x = _initial_state(sde, shape, x_T, generator, dtype, device)
     if inpaint is not None:
         if state_hook is not None:
