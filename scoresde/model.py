@@ -218,4 +218,6 @@ def _rows_apart(net, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tens
     def row(value, i):
         return value[i:i + 1] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch else value
 
-    return torch.cat([net(x[i:i + 1], t[i:i + 1], **{k: row(v, i) for k, v in cond.items()}) for i in range(batch)])
+    outs = [net(x[i:i + 1], t[i:i + 1], **{k: row(v, i) for k, v in cond.items()}) for i in range(batch)]
+    bad = next((out for out in outs if not isinstance(out, torch.Tensor)), None)
+    return bad if bad is not None else torch.cat(outs)  # a non-tensor is refused by forward's check

@@ -259,6 +259,9 @@ def test_network_outputs_of_the_wrong_kind_are_refused(net, given):
         model(x, 0.5)
     with pytest.raises(ValueError, match=accepted + given + "$"):
         sd.sample(model, x_T=x, solver="euler", steps=2)
+    if "shape" not in given:  # evaluated row by row under seeds, the output is refused alike
+        with pytest.raises(ValueError, match=accepted + given + "$"):
+            sd.sample(model, x_T=x, solver="euler", steps=2, seeds=[0, 1, 2, 3])
 
 
 def test_network_output_under_autocast_is_cast_to_the_state_dtype():
