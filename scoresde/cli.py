@@ -246,6 +246,11 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         args.steps = "adaptive" if steps is None else steps
     args.solver = args.solver or DEFAULT_SOLVER
     dtype = DTYPES[args.dtype]
+    if args.ckpt is not None:
+        return _sample_checkpoint(args, folder, schedule, steps, options, dtype)
+    if args.label is not None or args.guidance_scale is not None:
+        raise _checks.fail("--label/--guidance-scale", "used with --ckpt of a class-conditional model",
+                           "an analytic --problem")
     sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
@@ -270,6 +275,78 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     torch.save({"x": out.x.cpu(), "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
     _plot(out.x.double().cpu(), exact.cpu(), folder / f"{stem}.png", f"{args.solver}, {out.nfe} NFE, {args.sde}")
     print(f"wrote {folder / (stem + '.pt')} and {folder / (stem + '.png')}")
+
+
+def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype: torch.dtype) -> None:
+    """`sample --ckpt`: samples of a trained model (EMA or raw weights), classifier-free guided
+    towards `--label` for a class-conditional one; .pt, .npz and a picture in --out."""
+    import numpy as np
+
+    from .guidance import ClassifierFree
+    from .solvers import sample
+    from .training import load_checkpoint, load_model
+
+    path = _input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
+    state = load_checkpoint(path)
+    shape = tuple(state["config"]["data_shape"])
+    model = load_model(path, args.weights, device=args.device, dtype=dtype)
+    classes = getattr(model.net, "num_classes", None)
+    guided = model
+    if args.label is not None:
+        if not classes:
+            raise _checks.fail("--label", "used with a class-conditional model (its network has num_classes)",
+                               args.label)
+        label = _checks.integer("label", args.label, 0, classes - 1)
+        scale = 1.0 if args.guidance_scale is None else _checks.real("guidance-scale", args.guidance_scale, low=0)
+        cond = torch.full((args.samples,), label, dtype=torch.long, device=args.device)
+        guided = ClassifierFree(model, cond, scale)
+    elif args.guidance_scale is not None:
+        raise _checks.fail("--guidance-scale", "used with --label (the class to guide towards)", args.guidance_scale)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    with torch.no_grad():
+        out = sample(guided, shape=(args.samples, *shape), solver=args.solver, steps=steps, schedule=schedule,
+                     denoise=args.denoise, generator=gen, dtype=dtype, device=args.device, progress=args.progress,
+                     **options)
+    what = "" if args.label is None else f" label={args.label} scale={guided.scale:g}"
+    print(f"{path} ({args.weights} weights, step {int(state['step'])}) | {args.solver} | steps={args.steps}{what}: "
+          f"{args.samples} samples of shape {shape}, nfe={out.nfe}, {out.seconds:.3f} s")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{path.stem}_{args.solver}_{args.steps}" + ("" if args.label is None else f"_label{args.label}")
+    x = out.x.detach().cpu()
+    settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
+    torch.save({"x": x, "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
+    np.savez(folder / f"{stem}.npz", x=x.double().numpy(), nfe=out.nfe, times=out.times.numpy())
+    _picture(x.double(), folder / f"{stem}.png", f"{args.solver}, {out.nfe} NFE{what}")
+    print(f"wrote {folder / stem}.{{pt,npz,png}}")
+
+
+def _picture(x: torch.Tensor, path: Path, title: str) -> None:
+    """Samples as a picture: an image grid for (N, 1, H, W), a histogram for 1-D data, else a
+    scatter of the first two coordinates."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("scoresde sample draws its PNG with matplotlib: pip install 'scoresde[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if x.ndim == 4 and x.shape[1] == 1:
+        from .bench.digits import image_grid
+
+        ax.imshow(image_grid(x[:100].clamp(-1, 1), pad_value=1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        ax.axis("off")
+    else:
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] == 1:
+            ax.hist(flat[:, 0].numpy(), bins=80, density=True)
+        else:
+            ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=2, alpha=0.5)
+            ax.set_aspect("equal", adjustable="box")
+    ax.set_title(title + ("" if x[0].numel() <= 2 or x.ndim == 4 else " (first 2 coordinates)"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _cmd_nll(args: argparse.Namespace) -> None:
@@ -465,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--out", default="out", help="folder for the .pt and .png (created if missing)")
+    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint: sample its model instead of --problem "
+                                                "(writes .pt, .npz and a picture; no exact samples to compare)")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"], help="weights of the --ckpt model")
+    p.add_argument("--label", type=int, default=None, help="class to generate (class-conditional --ckpt models)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale with --label (default 1: the conditional model)")
     p.set_defaults(func=_cmd_sample)
 
     p = command("sdes", "print alpha, sigma, log-SNR, f and g^2 of each forward SDE")
