@@ -465,19 +465,29 @@ def _cmd_schedule(args: argparse.Namespace) -> None:
 
     _device(args.device)
     _output_file(args.out)
-    sde = by_name(args.sde)
-    truth = get_problem(args.problem)
-    model = truth.score_model(sde)
+    if args.ckpt is not None:  # a trained model: calibrate in float32 on its own data shape
+        from .training import load_checkpoint, load_model
+
+        path = _input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
+        data_shape = tuple(load_checkpoint(path)["config"]["data_shape"])
+        model = load_model(path, args.weights, device=args.device)
+        sde, dtype, what, use = model.sde, torch.float32, str(path), f"--ckpt {path}"
+        reference = dict(method="dopri5", rtol=1e-5, atol=1e-5)  # float32 cannot reach dopri8 at 1e-10
+    else:
+        sde = by_name(args.sde)
+        truth = get_problem(args.problem)
+        model, data_shape, dtype, reference = truth.score_model(sde), truth.event_shape, torch.float64, None
+        what, use = f"{args.problem} | {args.sde}", f"--problem {args.problem} --sde {args.sde}"
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    result = optimize(model, sde, args.solver, args.nfe, shape=(args.calibration, *truth.event_shape),
-                      generator=gen, max_evals=args.max_evals, device=args.device)
+    with torch.no_grad():
+        result = optimize(model, sde, args.solver, args.nfe, shape=(args.calibration, *data_shape), generator=gen,
+                          max_evals=args.max_evals, reference_options=reference, dtype=dtype, device=args.device)
     result.save(args.out)
-    print(f"{args.problem} | {args.sde} | {args.solver} | nfe={args.nfe} ({result.steps} steps): calibration RMSE "
+    print(f"{what} | {args.solver} | nfe={args.nfe} ({result.steps} steps): calibration RMSE "
           f"{result.loss_start:.3e} ({result.start}) -> {result.loss:.3e} (optimized), "
           f"{len(result.loss_history)} grids tried, cost {result.cost_nfe} NFE on a batch of {result.calibration}")
     print("times: " + ", ".join(f"{t:.6g}" for t in result.times.tolist()))
-    print(f"wrote {args.out}; use it with: scoresde sample --problem {args.problem} --sde {args.sde} "
-          f"--schedule-file {args.out}")
+    print(f"wrote {args.out}; use it with: scoresde sample {use} --schedule-file {args.out}")
 
 
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
@@ -619,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     _seed(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
     p.add_argument("--out", default="schedule.json", help="the JSON file to write (replaced if it exists)")
+    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint: tune for its model instead of --problem "
+                                                "(float32; reference: the model's own dopri5 solve at 1e-5)")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"], help="weights of the --ckpt model")
     p.set_defaults(func=_cmd_schedule)
     return parser
 

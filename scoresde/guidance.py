@@ -71,8 +71,8 @@ class ClassifierFree(_Guided):
 
     Args:
         model: a ScoreModel whose network takes labels `y` (built with `num_classes`, trained
-            with `label_dropout`) or a continuous condition `cond` (an MLP with `cond_dim`,
-            trained with the condition dropped to zeros).
+            with `label_dropout`) or a continuous condition `cond` (an MLP or UNet with
+            `cond_dim`, trained with `cond_dropout`, the condition dropped to zeros).
         cond: the condition of each sample: integer labels (B,) in [0, num_classes), passed as
             `y`; or a float tensor (B, cond_dim), passed as `cond`. B is the sampling batch.
         scale: guidance scale >= 0: 0 unconditional, 1 conditional, > 1 guided.

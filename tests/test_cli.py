@@ -353,3 +353,20 @@ def test_sample_from_a_checkpoint_with_labels_and_guidance(tmp_path, capsys):
     assert "label must be an integer in [0, 3]; got 7" in capsys.readouterr().err
     assert main(["sample", "--guidance-scale", "2", "--samples", "4", "--out", str(out)]) == 2
     assert "--label/--guidance-scale must be used with --ckpt" in capsys.readouterr().err
+
+
+def test_schedule_optimize_for_a_checkpoint_then_sample_with_it(tmp_path, capsys):
+    from scoresde.cli import main
+
+    torch.manual_seed(0)
+    x = sd.data.GaussianMixture.ring(modes=4).sample(128, torch.Generator().manual_seed(0))
+    sd.Trainer(sd.ScoreModel(sd.nets.MLP(2, hidden=32, depth=2), sd.VPSDE()), x, batch_size=32, seed=1,
+               progress=False, ckpt_dir=tmp_path).fit(3)
+    ckpt, path = str(tmp_path / "checkpoint.pt"), tmp_path / "sched.json"
+    assert main(["schedule", "optimize", "--ckpt", ckpt, "--solver", "ddim", "--nfe", "4", "--calibration", "16",
+                 "--max-evals", "6", "--out", str(path)]) == 0
+    tuned = sd.tuning.OptimizedSchedule.load(path)
+    assert (tuned.solver, tuned.steps, tuned.calibration) == ("ddim", 4, 16) and tuned.loss <= tuned.loss_start
+    assert main(["sample", "--ckpt", ckpt, "--schedule-file", str(path), "--samples", "8", "--out", str(tmp_path)]) == 0
+    saved = torch.load(tmp_path / "checkpoint_ddim_4.pt", weights_only=True)
+    assert torch.equal(saved["times"], tuned.times) and saved["nfe"] == 4

@@ -133,6 +133,28 @@ def test_embedding_conditioned_mlp_null_is_zero_and_batched_guidance_matches_two
     torch.testing.assert_close(guided, eps_u + 4.0 * (eps_c - eps_u), rtol=1e-5, atol=1e-6)
 
 
+def test_classifier_free_drives_a_vector_conditioned_unet():
+    """On a U-Net with cond_dim (and labels beside it): scale 0 is the unconditional model
+    (cond=None, exactly), 1 the conditional one, 2.5 their batched extrapolation."""
+    torch.manual_seed(0)
+    net = sd.nets.UNet(base_channels=8, groups=4, num_classes=3, cond_dim=4)
+    with torch.no_grad():
+        for p in net.parameters():  # the residual branches and the output start at zero
+            if p.ndim > 1 and not p.any():
+                p.normal_(std=0.1)
+    model = sd.ScoreModel(net, sd.VPSDE(), prediction="eps")
+    x, t, cond = torch.randn(3, 1, 8, 8), torch.rand(3) * 0.9 + 0.05, torch.randn(3, 4)
+    with torch.no_grad():
+        eps_c, eps_u = model.eps(x, t, cond=cond), model.eps(x, t)
+        assert (eps_c - eps_u).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        torch.testing.assert_close(ClassifierFree(model, cond, 0.0).eps(x, t), eps_u, rtol=0, atol=0)
+        torch.testing.assert_close(ClassifierFree(model, cond, 1.0).eps(x, t), eps_c, rtol=0, atol=0)
+        guided = ClassifierFree(model, cond, 2.5).eps(x, t)
+    torch.testing.assert_close(guided, eps_u + 2.5 * (eps_c - eps_u), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"cond must have shape \(B, cond_dim\) = \(B, 4\); got \(3, 5\)"):
+        ClassifierFree(model, torch.randn(3, 5), 1.0)
+
+
 # ---- classifier guidance ---------------------------------------------------------------------
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "score", "edm"])

@@ -86,6 +86,54 @@ def test_continuous_condition_of_the_mlp():
         net(x, t, cond=torch.randn(4, 2))
 
 
+def test_vector_condition_of_the_unet_beside_labels():
+    """cond (B, cond_dim) shifts the time embedding through a bias-free projection: None is
+    exactly the zero vector, each row's condition changes only its own output, labels and
+    a vector combine, and cond_dim adds cond_dim * 4 base_channels parameters."""
+    assert count(UNet(cond_dim=7)) == count(UNet()) + 7 * 4 * 32
+    assert "cond_dim" not in UNet().config  # configs of unconditioned U-Nets are as before
+    torch.manual_seed(0)
+    net = randomize_output_layer(UNet(base_channels=8, groups=4, num_classes=3, cond_dim=5))
+    x, t, cond = torch.randn(3, 1, 8, 8), torch.rand(3), torch.randn(3, 5)
+    with torch.no_grad():
+        out = net(x, t, cond=cond)
+        assert out.shape == x.shape
+        torch.testing.assert_close(net(x, t, cond=torch.zeros(3, 5)), net(x, t), rtol=0, atol=0)
+        assert (out - net(x, t)).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        changed = cond.clone()
+        changed[1] += 1.0
+        other = net(x, t, cond=changed)
+        torch.testing.assert_close(other[[0, 2]], out[[0, 2]], rtol=0, atol=0)
+        assert (other[1] - out[1]).abs().max() > 1e-4
+        y = torch.tensor([0, 1, 2])
+        both = net(x, t, y=y, cond=cond)
+        assert not torch.allclose(both, net(x, t, y=y)) and not torch.allclose(both, out)
+        torch.testing.assert_close(net(x, t, y=y, cond=torch.zeros(3, 5)), net(x, t, y=y), rtol=0, atol=0)
+    rebuilt = build_net("UNet", net.config)
+    assert rebuilt.config == net.config and count(rebuilt) == count(net)
+
+
+@pytest.mark.parametrize(
+    "cond, match",
+    [
+        (torch.randn(3, 4), r"cond must be a real floating-point tensor \(B, cond_dim\) = \(3, 5\); got \(3, 4\)"),
+        (torch.randn(2, 5), r"cond must be a real floating-point tensor \(B, cond_dim\) = \(3, 5\); got \(2, 5\)"),
+        (torch.randn(3), r"cond must be a real floating-point tensor \(B, cond_dim\) = \(3, 5\); got 'a torch.float32 tensor of shape \(3,\)'"),
+        (torch.zeros(3, 5, dtype=torch.long), r"cond must be a real floating-point tensor .*; got 'a torch.int64 tensor"),
+    ],
+)
+def test_bad_unet_conditions(cond, match):
+    net = UNet(base_channels=8, groups=4, cond_dim=5)
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    with pytest.raises(ValueError, match=match):
+        net(x, t, cond=cond)
+
+
+def test_a_condition_for_a_unet_without_cond_dim_is_refused():
+    with pytest.raises(ValueError, match=r"cond must be None \(the UNet was built without cond_dim\); got 'Tensor'"):
+        UNet(base_channels=8, groups=4)(torch.randn(2, 1, 8, 8), torch.rand(2), cond=torch.randn(2, 3))
+
+
 def test_networks_plug_into_score_model_with_conditioning():
     torch.manual_seed(0)
     net = randomize_output_layer(UNet(base_channels=8, groups=4, num_classes=10))
@@ -135,6 +183,8 @@ def test_time_embeddings():
         (lambda: UNet(dropout=1.0), r"dropout must be a finite number in \[0, 1\); got 1.0"),
         (lambda: MLP(2, depth=True), "depth must be an integer >= 1; got True"),
         (lambda: MLP(2, cond_dim=1.5), "cond_dim must be an integer >= 1; got 1.5"),
+        (lambda: UNet(cond_dim=0), "cond_dim must be an integer >= 1; got 0"),
+        (lambda: UNet(cond_dim=2**25), "cond_dim must be at most 1.67772e\\+07; got 33554432"),
         (lambda: UNet(channel_mults=(1, 0)), r"channel_mults\[1\] must be an integer >= 1; got 0"),
         (lambda: GaussianFourierEmbedding(7), "dim must be an even integer >= 2; got 7"),
         (lambda: SinusoidalEmbedding(8, max_period=1.0), "max_period must be a finite number > 1; got 1.0"),

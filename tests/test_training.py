@@ -416,3 +416,137 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     resumed.fit(STEPS + 2)
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ---- vector conditions (issue 17) ------------------------------------------------------------
+def cond_data(n=128, cond_dim=3):
+    """Ring samples with a vector condition per row: the mean of the row's mixture component."""
+    x, k = RING.sample(n, torch.Generator().manual_seed(0), return_components=True)
+    cond = torch.cat([RING.means.float()[k], torch.randn(n, cond_dim - 2, generator=torch.Generator().manual_seed(1))], 1)
+    return x, k, cond
+
+
+def cond_trainer(cond, data=None, cond_dim=3, **kwargs):
+    torch.manual_seed(0)
+    model = sd.ScoreModel(sd.nets.MLP(2, hidden=16, depth=1, cond_dim=cond_dim, num_classes=8), sd.VPSDE())
+    x, k, _ = cond_data(cond_dim=cond_dim)
+    kwargs = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 2, "seed": 3, "progress": False, **kwargs}
+    return sd.Trainer(model, (x, k) if data is None else data, cond=cond, **kwargs)
+
+
+def test_cond_dropout_drops_whole_rows_to_the_null_condition():
+    """The network sees each row's own condition, or zeros (the null condition) with
+    probability cond_dropout per row, independently of the label dropout."""
+    x, k, cond = cond_data()
+    seen = []
+
+    def record(model, x0, t, noise, **kw):
+        seen.append((x0, kw["y"], kw["cond"]))
+        return sd.losses.dsm_loss(model, x0, t=t, noise=noise, **kw)
+
+    cond_trainer(cond, cond_dropout=0.3, label_dropout=0.5, loss_fn=record).fit(40)
+    seen = seen[1:]  # the first call is the Trainer's fitting check on two items
+    x0, y, c = (torch.cat(parts) for parts in zip(*seen))
+    dropped = (c == 0).all(1)
+    row = (x0[:, None] == x[None]).all(-1).float().argmax(1)  # each batch row's index in the data
+    torch.testing.assert_close(c[~dropped], cond[row[~dropped]], rtol=0, atol=0)
+    # 640 rows at p = 0.3: the fraction lies within 4 binomial standard deviations (0.018)
+    assert abs(float(dropped.float().mean()) - 0.3) < 4 * (0.3 * 0.7 / len(c)) ** 0.5
+    label_dropped = y == 8
+    assert abs(float(label_dropped.float().mean()) - 0.5) < 4 * (0.25 / len(c)) ** 0.5
+    assert abs(float((dropped & label_dropped).float().mean()) - 0.15) < 4 * (0.15 * 0.85 / len(c)) ** 0.5
+
+
+def test_training_with_conditions_resumes_bit_for_bit(tmp_path):
+    x, k, cond = cond_data()
+    straight = cond_trainer(cond, cond_dropout=0.25, label_dropout=0.1).fit(8)
+    first = cond_trainer(cond, cond_dropout=0.25, label_dropout=0.1, ckpt_dir=tmp_path, ckpt_every=100).fit(4)
+    assert first.options["cond_dropout"] == 0.25 and first.options["use_cond"] is True
+    stored = load_checkpoint(tmp_path / "checkpoint.pt")["config"]
+    assert stored["trainer"]["cond_dropout"] == 0.25 and stored["model"]["net"]["config"]["cond_dim"] == 3
+    torch.randn(100)
+    resumed = sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", (x, k), cond=cond, progress=False)
+    assert resumed.options == first.options
+    resumed.fit(8)
+    assert_same_state(straight.model, resumed.model)
+    assert_same_state(straight.ema_model, resumed.ema_model)
+    assert straight.loss_history == resumed.loss_history
+    # without its conditions, the run cannot be resumed
+    with pytest.raises(ValueError, match="cond_dropout > 0 needs vector conditions"):
+        sd.Trainer.from_checkpoint(tmp_path / "checkpoint.pt", (x, k), progress=False)
+    with pytest.raises(ValueError, match="was trained with vector conditions; resume it with cond"):
+        cond_trainer(None).resume(tmp_path / "checkpoint.pt")
+    # the condition changes the trajectory: zero conditions give another run
+    other = cond_trainer(torch.zeros_like(cond), cond_dropout=0.25, label_dropout=0.1).fit(8)
+    assert straight.loss_history != other.loss_history
+
+
+def test_checkpoints_written_before_conditions_existed_resume_without_a_warning(tmp_path):
+    import warnings
+
+    trainer = sd.Trainer(tiny_model(), ring_data(), batch_size=16, ckpt_dir=tmp_path, progress=False).fit(2)
+    state = load_checkpoint(trainer.checkpoint_path)
+    for key in ("cond_dropout", "use_cond"):
+        del state["config"]["trainer"][key]
+    fresh = sd.Trainer(tiny_model(), ring_data(), batch_size=16, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh._restore(state, trainer.checkpoint_path)
+    assert fresh.step == 2
+
+
+def test_a_dataset_of_dicts_trains_exactly_like_tensors_with_cond():
+    x, k, cond = cond_data()
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return {"x": x[i], "y": k[i], "cond": cond[i]}
+
+    a = cond_trainer(cond, cond_dropout=0.2).fit(4)
+    b = cond_trainer(None, data=Items(), cond_dropout=0.2).fit(4)
+    assert_same_state(a.model, b.model)
+    with pytest.raises(ValueError, match=r"cond must be None when the Dataset items carry 'cond'"):
+        cond_trainer(cond, data=Items())
+
+
+def test_unet_with_labels_and_a_vector_condition_trains_a_few_steps():
+    x, y = sd.data.load_digits("test")
+    cond = torch.nn.functional.one_hot(y, 10).float() + 0.1 * torch.randn(len(y), 10, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = sd.nets.UNet(base_channels=8, groups=4, num_classes=10, cond_dim=10)
+    trainer = sd.Trainer(sd.ScoreModel(net, sd.VPSDE(), prediction="v"), (x, y), cond=cond, batch_size=16,
+                         label_dropout=0.1, cond_dropout=0.2, progress=False)
+    trainer.fit(3)
+    assert trainer.step == 3 and all(torch.isfinite(torch.tensor(trainer.loss_history)))
+    assert net.cond_embed.weight.grad is not None and net.cond_embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "cond, kwargs, match",
+    [
+        (torch.zeros(100, 3), {}, r"cond must be a real floating-point tensor \(N, cond_dim\) = \(128, cond_dim\), "
+                                  r"row-aligned with the data; got \(100, 3\)"),
+        (torch.zeros(128, 4), {}, r"cond must be of width cond_dim = 3 \(the network's\); got 4"),
+        (torch.zeros(128), {}, r"cond must be a real floating-point tensor \(N, cond_dim\) .*; got 'a torch.float32 "
+                               r"tensor of shape \(128,\)'"),
+        (torch.zeros(128, 3, 1), {}, r"cond must be a real floating-point tensor \(N, cond_dim\) .*; got \(128, 3, 1\)"),
+        (torch.zeros(128, 3, dtype=torch.long), {}, "cond must be a real floating-point tensor .*; got 'a torch.int64"),
+        (torch.full((128, 3), float("nan")), {}, "cond must be finite; got a tensor with NaN or inf"),
+        ([[0.0] * 3] * 128, {}, "cond must be a real floating-point tensor .*; got 'list'"),
+        (torch.zeros(128, 3), {"cond_dropout": 1.0}, r"cond_dropout must be a finite number in \[0, 1\); got 1.0"),
+        (torch.zeros(128, 3), {"cond_dropout": "0.1"}, r"cond_dropout must be a finite number in \[0, 1\); got '0.1'"),
+        (None, {"cond_dropout": 0.1}, "cond_dropout > 0 needs vector conditions"),
+    ],
+)
+def test_bad_conditions_are_refused_before_any_work(cond, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cond_trainer(cond, **kwargs)
+
+
+def test_conditions_for_a_network_without_cond_dim_are_refused():
+    x, k, cond = cond_data()
+    with pytest.raises(ValueError, match="data has vector conditions .cond. but the network has no cond_dim"):
+        sd.Trainer(tiny_model(), x, cond=cond, progress=False)

@@ -51,10 +51,15 @@ class UNet(nn.Module):
             [0, num_classes]; `num_classes` itself (and y=None) is the null label used by
             classifier-free guidance.
         dropout: dropout rate inside residual blocks.
+        fourier_scale: standard deviation of the Fourier frequencies.
+        cond_dim: if set, `forward` accepts `cond` of shape (B, cond_dim), a continuous
+            condition (e.g. a CLIP embedding) projected without bias and added to the time
+            embedding, as GLIDE does; cond=None is exactly a zero vector, the null condition of
+            classifier-free guidance. Labels and a vector may be given together.
 
     Parameter counts (measured): the default `UNet()` (1 channel, 32 base, mults (1, 2),
-    1 block) 634,273 (635,681 with num_classes=10); `UNet(3)` 635,427. The output conv
-    starts at zero.
+    1 block) 634,273 (635,681 with num_classes=10); `UNet(3)` 635,427; cond_dim adds
+    cond_dim * 4 base_channels. The output conv starts at zero.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class UNet(nn.Module):
         num_classes: Optional[int] = None,
         dropout: float = 0.0,
         fourier_scale: float = 16.0,
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         in_channels = _checks.integer("in_channels", in_channels, low=1)
@@ -77,6 +83,8 @@ class UNet(nn.Module):
         num_res_blocks = _checks.at_most("num_res_blocks", _checks.integer("num_res_blocks", num_res_blocks, low=0), 64)
         if num_classes is not None:
             num_classes = _checks.integer("num_classes", num_classes, low=1)
+        if cond_dim is not None:
+            cond_dim = _checks.at_most("cond_dim", _checks.integer("cond_dim", cond_dim, low=1), 2**24)
         if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, (list, tuple)):
             raise _checks.fail("channel_mults", "a non-empty sequence of integers >= 1", channel_mults)
         channel_mults = [_checks.at_most(f"channel_mults[{i}]", _checks.integer(f"channel_mults[{i}]", m, low=1), 64)
@@ -96,8 +104,11 @@ class UNet(nn.Module):
             num_classes=None if num_classes is None else int(num_classes), dropout=float(dropout),
             fourier_scale=float(fourier_scale),
         )
+        if cond_dim is not None:  # absent otherwise, so configs (and checkpoints) of older U-Nets are unchanged
+            self.config["cond_dim"] = int(cond_dim)
         self.in_channels = int(in_channels)
         self.num_classes = self.config["num_classes"]
+        self.cond_dim = self.config.get("cond_dim")
         self.factor = 2 ** (len(channel_mults) - 1)
         emb_dim = 4 * base_channels
         self.time_embed = nn.Sequential(
@@ -105,6 +116,8 @@ class UNet(nn.Module):
             nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim),
         )
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
+        # no bias: a zero vector adds nothing, so it is the null condition (cond=None)
+        self.cond_embed = nn.Linear(cond_dim, emb_dim, bias=False) if cond_dim is not None else None
 
         def block(i: int, o: int) -> _ResBlock:
             return _ResBlock(i, o, emb_dim, groups, dropout)
@@ -132,7 +145,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) or scalar, labels y (B,), vector condition cond (B, cond_dim)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, C, H, W) with C = {self.in_channels}; got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
@@ -141,6 +157,14 @@ class UNet(nn.Module):
             )
         b = x.shape[0]
         emb = embed_time_and_label(self.time_embed, self.label_embed, t, y, b, x.device, "UNet")
+        if cond is not None:
+            if self.cond_embed is None:
+                raise _checks.fail("cond", "None (the UNet was built without cond_dim)", type(cond).__name__)
+            accepted = f"(B, cond_dim) = ({b}, {self.cond_dim})"
+            _checks.tensor("cond", cond, accepted, min_ndim=2, check_finite=False)
+            if cond.shape != (b, self.cond_dim):
+                raise _checks.fail("cond", f"a real floating-point tensor {accepted}", tuple(cond.shape))
+            emb = emb + self.cond_embed(cond.to(emb.dtype))
         emb = nn.functional.silu(emb)
         h = self.conv_in(x)
         hs: List[torch.Tensor] = [h]

@@ -59,7 +59,7 @@ MAX_PARAMETERS = 10**10
 _NET_LIMITS = {
     "MLP": {"dim": 2**24, "hidden": 2**14, "depth": 256, "cond_dim": 2**24, "num_classes": 2**24},
     "UNet": {"in_channels": 2**10, "base_channels": 2**12, "num_res_blocks": 64, "groups": 2**12,
-             "num_classes": 2**24},
+             "num_classes": 2**24, "cond_dim": 2**24},
 }
 _MAX_LEVELS, _MAX_MULT = 8, 64  # UNet channel_mults: at most 8 levels, each width multiplier <= 64
 _MAX_DATA_DIMS, _MAX_DATA_SIZE = 8, 2**24

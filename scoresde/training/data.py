@@ -1,10 +1,11 @@
-"""Training data by index: tensors or a map-style Dataset served as batches, and the order in
+"""Training data by index: tensors (x, optional labels y, optional vector conditions cond) or a
+map-style Dataset served as batches, and the order in
 which a run visits them (one seeded permutation per epoch, so a run's position in its data is
 just (epoch, offset) and does not depend on the number of processes)."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -21,13 +22,20 @@ def derive_seed(seed: int, *tags: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+Batch = Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
 class IndexedData:
     """Batches by index from tensors (x, optional labels y) or from any map-style Dataset whose
-    items are a tensor or an (x, y) pair."""
+    items are a tensor, an (x, y) pair or a dict with "x" and optionally "y" and "cond".
 
-    def __init__(self, data: Data):
+    `cond`, a float tensor (N, cond_dim) row-aligned with the data, gives every item a vector
+    condition (for Dataset items that carry none)."""
+
+    def __init__(self, data: Data, cond: Optional[torch.Tensor] = None):
         self.x: Optional[torch.Tensor] = None
         self.y: Optional[torch.Tensor] = None
+        self.cond: Optional[torch.Tensor] = None
         self.dataset = None
         if isinstance(data, torch.utils.data.TensorDataset):
             data = tuple(data.tensors) if len(data.tensors) > 1 else data.tensors[0]
@@ -40,6 +48,7 @@ class IndexedData:
         else:
             raise _checks.fail("data", "a tensor (N, *shape), a pair (x, labels) of tensors, or a map-style "
                                "torch.utils.data.Dataset", data)
+        self.cond_item_dim: Optional[int] = None  # the width of the conditions Dataset items carry
         if self.x is not None:
             if not self.x.is_floating_point():
                 raise _checks.fail("data", "a floating-point tensor", self.x.dtype)
@@ -55,12 +64,46 @@ class IndexedData:
             self.n = len(self.dataset)
             if self.n == 0:
                 raise _checks.fail("data", "a Dataset of length >= 1", data)
-            x, y = self._split(self.dataset[0])
+            x, y, c = self._split(self.dataset[0])
             if not x.is_floating_point():
                 raise _checks.fail("data", "a Dataset of floating-point tensors", x.dtype)
             _checks.finite("data[0]", x)  # every later item is checked when its batch is drawn
             self.sample_shape, self.dtype = tuple(x.shape), x.dtype
             self.has_labels_item = y is not None
+            if c is not None:
+                _checks.tensor("data[0]['cond']", c, "(cond_dim,)", min_ndim=1)
+                if c.ndim != 1:
+                    raise _checks.fail("data[0]['cond']", "a real floating-point tensor (cond_dim,)", tuple(c.shape))
+                self.cond_item_dim = int(c.shape[0])
+        if cond is not None:
+            if self.cond_item_dim is not None:
+                raise _checks.fail("cond", "None when the Dataset items carry 'cond' (a condition given twice)",
+                                   type(cond).__name__)
+            accepted = f"(N, cond_dim) = ({self.n}, cond_dim), row-aligned with the data"
+            _checks.tensor("cond", cond, accepted, min_ndim=2)  # also finite, checked once before training
+            if cond.ndim != 2 or cond.shape[0] != self.n:
+                raise _checks.fail("cond", f"a real floating-point tensor {accepted}", tuple(cond.shape))
+            self.cond = cond
+
+    @property
+    def cond_dim(self) -> Optional[int]:
+        """The width of the data's vector conditions (None: it has none)."""
+        return int(self.cond.shape[1]) if self.cond is not None else self.cond_item_dim
+
+    def use_cond(self, net_cond_dim: Optional[int], cond_dropout: float) -> bool:
+        """Whether training feeds vector conditions to a network with `net_cond_dim` (None: it
+        has no vector input): if and only if the data has them; checked to fit."""
+        if self.cond_dim is None:
+            if cond_dropout:
+                raise ValueError("cond_dropout > 0 needs vector conditions: pass cond=(N, cond_dim) or Dataset items "
+                                 "with 'cond'")
+            return False
+        if net_cond_dim is None:
+            raise ValueError("data has vector conditions (cond) but the network has no cond_dim; build the network "
+                             "with cond_dim, or train without cond")
+        if self.cond_dim != net_cond_dim:
+            raise _checks.fail("cond", f"of width cond_dim = {net_cond_dim} (the network's)", self.cond_dim)
+        return True
 
     @property
     def has_labels(self) -> bool:
@@ -89,18 +132,25 @@ class IndexedData:
         return bool(use_labels)
 
     @staticmethod
-    def _split(item) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _split(item) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         if isinstance(item, torch.Tensor):
-            return item, None
+            return item, None, None
         if isinstance(item, (tuple, list)) and len(item) == 2:
-            return torch.as_tensor(item[0]), torch.as_tensor(item[1])
-        raise ValueError(f"Dataset items must be a tensor or an (x, label) pair; got {type(item).__name__}")
+            return torch.as_tensor(item[0]), torch.as_tensor(item[1]), None
+        if isinstance(item, Mapping) and "x" in item and set(item) <= {"x", "y", "cond"}:
+            y, c = item.get("y"), item.get("cond")
+            return (torch.as_tensor(item["x"]), None if y is None else torch.as_tensor(y),
+                    None if c is None else torch.as_tensor(c))
+        raise _checks.fail("Dataset items", "a tensor, an (x, label) pair or a dict with 'x' and optionally 'y', "
+                           "'cond'", type(item).__name__ if not isinstance(item, Mapping) else sorted(item))
 
-    def get(self, idx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(x (b, *shape), labels (b,) or None) for the indices idx (b,)."""
+    def get(self, idx: torch.Tensor) -> Batch:
+        """(x (b, *shape), labels (b,) or None, conditions (b, cond_dim) or None) for the
+        indices idx (b,)."""
+        cond = self.cond[idx.to(self.cond.device)] if self.cond is not None else None
         if self.x is not None:
             idx = idx.to(self.x.device)
-            return self.x[idx], (self.y[idx] if self.y is not None else None)
+            return self.x[idx], (self.y[idx] if self.y is not None else None), cond
         items = [self._split(self.dataset[int(i)]) for i in idx]
         x = torch.stack([item[0] for item in items])
         if tuple(x.shape[1:]) != self.sample_shape or not x.is_floating_point():
@@ -108,7 +158,16 @@ class IndexedData:
         if x.device.type == "cpu":
             _checks.finite("data", x)
         y = torch.stack([item[1] for item in items]).long() if items[0][1] is not None else None
-        return x, y
+        if self.cond_item_dim is not None:
+            if any(item[2] is None for item in items):
+                raise _checks.fail("Dataset items", "all dicts with 'cond' (the first one has it)", "one without")
+            cond = torch.stack([item[2] for item in items])
+            if cond.shape[1:] != (self.cond_item_dim,) or not cond.is_floating_point():
+                raise _checks.fail("Dataset items' cond", f"real floating-point tensors ({self.cond_item_dim},)",
+                                   f"{cond.dtype} {tuple(cond.shape[1:])}")
+            if cond.device.type == "cpu":
+                _checks.finite("Dataset items' cond", cond)
+        return x, y, cond
 
 
 class EpochOrder:

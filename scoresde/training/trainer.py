@@ -3,7 +3,7 @@ atomic checkpoints (`checkpoint`) and bit-for-bit resumption; one process, or
 DistributedDataParallel under `torchrun`.
 
 A run is a function of `seed` alone: batch indices follow `data.EpochOrder`; times, noise and
-label dropout come from the Trainer's own generator. Every process draws them for the whole
+label and condition dropout come from the Trainer's own generator. Every process draws them for the whole
 *global* batch and keeps its slice, so a run on 2 processes equals a 1-process run with the same
 global batch up to float summation order (`DistributedSampler` would change the batches with
 the world size).
@@ -32,8 +32,10 @@ __all__ = ["Trainer"]
 #: Trainer options that shape the trajectory (stored, and compared on resume)
 _TRAJECTORY_OPTIONS = (
     "batch_size", "lr", "weighting", "t_sampling", "label_dropout", "ema_decay", "ema_warmup",
-    "warmup_steps", "grad_clip", "weight_decay", "seed", "use_labels", "bf16",
+    "warmup_steps", "grad_clip", "weight_decay", "seed", "use_labels", "bf16", "cond_dropout", "use_cond",
 )
+#: the values of options added after checkpoints were first written, for checkpoints without them
+_ADDED_OPTIONS = {"cond_dropout": 0.0, "use_cond": False}
 _OTHER_OPTIONS = ("ckpt_every", "sample_every")
 
 
@@ -75,7 +77,13 @@ class Trainer:
     Args:
         model: a ScoreModel on an affine SDE whose network has parameters; trained in place.
         data: a float tensor (N, *shape), a pair (x, labels (N,) int), a TensorDataset, or any
-            map-style Dataset of tensors or (x, label) pairs.
+            map-style Dataset of tensors, (x, label) pairs or dicts {"x", "y"?, "cond"?}.
+        cond: vector conditions (N, cond_dim), float, row-aligned with `data` (or None; Dataset
+            items may carry them as "cond" instead); fed to the network as `cond`, whose
+            `cond_dim` must match. Not stored in checkpoints: pass it again on resume.
+        cond_dropout: probability of replacing a row's condition by the null condition, zeros
+            (cond=None, for networks that project it without bias), which trains the
+            unconditional model of classifier-free guidance.
         batch_size: global batch size (split over processes under torchrun).
         lr: AdamW learning rate after warm-up.
         weighting, t_sampling: loss options (`scoresde.losses`).
@@ -101,7 +109,7 @@ class Trainer:
         progress: show a tqdm bar with the loss (rank 0 only).
         loss_fn: replaces the denoising score-matching loss: loss_fn(model, x0, t, noise, **cond)
             -> scalar, given the batch, its times (drawn as `t_sampling` says) and noise, and
-            labels as `y` when `use_labels` (e.g. `losses.classifier_loss` trains a
+            labels as `y` when `use_labels` and conditions as `cond` when given (e.g. `losses.classifier_loss` trains a
             time-dependent classifier). Not stored in checkpoints: pass it again on resume.
 
     Attributes: `step` (optimizer steps done), `ema_model`, `loss_history` (one float per step),
@@ -118,6 +126,8 @@ class Trainer:
         self,
         model: ScoreModel,
         data: Data,
+        cond: Optional[torch.Tensor] = None,
+        cond_dropout: float = 0.0,
         batch_size: int = 128,
         lr: float = 2e-4,
         weighting: str = "score",
@@ -150,6 +160,7 @@ class Trainer:
         batch_size = _checks.integer("batch_size", batch_size, low=1)
         lr = _checks.real("lr", lr, low=0, open_low=True)
         label_dropout = _checks.real("label_dropout", label_dropout, low=0, high=1, open_high=True)
+        cond_dropout = _checks.real("cond_dropout", cond_dropout, low=0, high=1, open_high=True)
         if use_labels is not None:
             use_labels = _checks.boolean("use_labels", use_labels)
         ema_decay = _checks.real("ema_decay", ema_decay, low=0, high=1, open_high=True)
@@ -179,9 +190,10 @@ class Trainer:
         if bf16 and device.type != "cuda":
             raise ValueError(f"bf16=True needs a CUDA device; got device={str(device)!r}")
 
-        self.data = IndexedData(data)
+        self.data = IndexedData(data, cond)
         net_classes = getattr(model.net, "num_classes", None)
         use_labels = self.data.use_labels(use_labels, net_classes, label_dropout)
+        use_cond = self.data.use_cond(getattr(model.net, "cond_dim", None), cond_dropout)
 
         self.options = dict(
             batch_size=batch_size, lr=float(lr), weighting=weighting, t_sampling=t_sampling,
@@ -189,6 +201,7 @@ class Trainer:
             ema_warmup=bool(ema_warmup), warmup_steps=warmup_steps,
             grad_clip=None if grad_clip is None else float(grad_clip), weight_decay=float(weight_decay),
             seed=seed, ckpt_every=ckpt_every, sample_every=sample_every, bf16=bool(bf16),
+            cond_dropout=float(cond_dropout), use_cond=use_cond,
         )
         self.num_classes = net_classes
         self.sample_fn = sample_fn
@@ -228,9 +241,11 @@ class Trainer:
     # ---- construction helpers -------------------------------------------------------------
     def _check_data_fits(self) -> None:
         """The loss on two data samples, so a shape mismatch fails here, clearly."""
-        x, y = self.data.get(torch.arange(min(2, self.data.n)))
+        x, y, c = self.data.get(torch.arange(min(2, self.data.n)))
         x = x.to(self.device)
         cond = {"y": y.to(self.device)} if self.options["use_labels"] else {}
+        if self.options["use_cond"]:
+            cond["cond"] = c.to(self.device)
         was_training, nfe = self.model.training, self.model.nfe
         self.model.eval()
         try:
@@ -265,7 +280,7 @@ class Trainer:
         local = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         # every rank draws the global batch's indices, t, noise and dropout mask, keeps its slice
         idx = self._order.take(b)
-        x, y = self.data.get(idx[local])
+        x, y, c = self.data.get(idx[local])
         x = x.to(self.device, non_blocking=True)
         t = sample_time(self.model.sde, b, opts["t_sampling"], self.generator)[local]
         noise = torch.randn((b,) + self.data.sample_shape, generator=self.generator, dtype=x.dtype, device=self.device)[local]
@@ -276,6 +291,12 @@ class Trainer:
                 drop = torch.rand(b, generator=self.generator, device=self.device)[local] < opts["label_dropout"]
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             cond["y"] = y
+        if opts["use_cond"]:
+            c = c.to(self.device, non_blocking=True)
+            if opts["cond_dropout"]:  # drawn after the label mask, so runs without conditions are unchanged
+                drop = torch.rand(b, generator=self.generator, device=self.device)[local] < opts["cond_dropout"]
+                c = torch.where(drop[:, None], torch.zeros_like(c), c)
+            cond["cond"] = c
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=opts["bf16"]):
@@ -406,7 +427,12 @@ class Trainer:
         return self
 
     def _restore(self, state: Dict[str, Any], path: Path) -> None:
-        check_resumable(state["config"], self.config(), path, _TRAJECTORY_OPTIONS)
+        stored = dict(state["config"], trainer={**_ADDED_OPTIONS, **state["config"]["trainer"]})
+        if stored["trainer"]["use_cond"] != self.options["use_cond"]:
+            with_cond = "with" if stored["trainer"]["use_cond"] else "without"
+            raise ValueError(f"checkpoint {path} was trained {with_cond} vector conditions; resume it {with_cond} "
+                             "cond (the data of the run that wrote it)")
+        check_resumable(stored, self.config(), path, _TRAJECTORY_OPTIONS)
         position = int(state["data"]["position"])
         if position >= self.data.n:
             raise ValueError(f"checkpoint {path}: its data position must be below the {self.data.n} items of this "
@@ -431,21 +457,23 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: Union[str, os.PathLike], data: Data, model: Optional[ScoreModel] = None, **overrides
+        cls, path: Union[str, os.PathLike], data: Data, model: Optional[ScoreModel] = None,
+        cond: Optional[torch.Tensor] = None, **overrides
     ) -> "Trainer":
         """A Trainer that continues the run saved at `path`. The model is rebuilt from the
         stored configuration (built-in SDEs and networks) unless given; options are the stored
         ones, except `overrides` (e.g. device, progress, sample_fn); `ckpt_dir` defaults to the
-        checkpoint's directory."""
+        checkpoint's directory. `data` and `cond` are those of the run that wrote it."""
         path = Path(path)
         state = load_checkpoint(path)
         if model is None:
             model = build_model(state["config"]["model"])
-        kwargs = {k: v for k, v in state["config"]["trainer"].items() if k in _TRAJECTORY_OPTIONS + _OTHER_OPTIONS}
+        kwargs = {k: v for k, v in state["config"]["trainer"].items()
+                  if k in _TRAJECTORY_OPTIONS + _OTHER_OPTIONS and k != "use_cond"}  # use_cond follows the data
         kwargs.setdefault("ckpt_dir", path.parent)
         if kwargs.get("sample_every") and "sample_fn" not in overrides:
             kwargs["sample_every"] = 0  # the callback itself cannot be stored
         kwargs.update(overrides)
-        trainer = cls(model, data, **kwargs)
+        trainer = cls(model, data, cond=cond, **kwargs)
         trainer._restore(state, path)
         return trainer
