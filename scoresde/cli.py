@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -316,13 +316,13 @@ def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype
     settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
     torch.save({"x": x, "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
     np.savez(folder / f"{stem}.npz", x=x.double().numpy(), nfe=out.nfe, times=out.times.numpy())
-    _picture(x.double(), folder / f"{stem}.png", f"{args.solver}, {out.nfe} NFE{what}")
+    _picture(folder / f"{stem}.png", (x.double(), f"{args.solver}, {out.nfe} NFE{what}"))
     print(f"wrote {folder / stem}.{{pt,npz,png}}")
 
 
-def _picture(x: torch.Tensor, path: Path, title: str) -> None:
-    """Samples as a picture: an image grid for (N, 1, H, W), a histogram for 1-D data, else a
-    scatter of the first two coordinates."""
+def _picture(path: Path, *panels: Tuple[torch.Tensor, str]) -> None:
+    """(samples, title) panels side by side in one PNG: an image grid for (N, 1, H, W), a
+    histogram for 1-D data, else a scatter of the first two coordinates."""
     try:
         import matplotlib
     except ImportError:
@@ -330,20 +330,23 @@ def _picture(x: torch.Tensor, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    if x.ndim == 4 and x.shape[1] == 1:
-        from .bench.digits import image_grid
+    images = panels[0][0].ndim == 4 and panels[0][0].shape[1] == 1
+    dims = panels[0][0][0].numel()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5 if images else 4.2), squeeze=False,
+                             sharex=True, sharey=dims > 1)
+    for ax, (x, title) in zip(axes[0], panels):
+        if images:
+            from .bench.digits import image_grid
 
-        ax.imshow(image_grid(x[:100].clamp(-1, 1), pad_value=1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1)
-        ax.axis("off")
-    else:
-        flat = x.reshape(len(x), -1)
-        if flat.shape[1] == 1:
-            ax.hist(flat[:, 0].numpy(), bins=80, density=True)
+            ax.imshow(image_grid(x[:100].clamp(-1, 1), pad_value=1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+            ax.axis("off")
+        elif dims == 1:
+            ax.hist(x.reshape(len(x)).numpy(), bins=80, density=True)
         else:
+            flat = x.reshape(len(x), -1)
             ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=2, alpha=0.5)
             ax.set_aspect("equal", adjustable="box")
-    ax.set_title(title + ("" if x[0].numel() <= 2 or x.ndim == 4 else " (first 2 coordinates)"), fontsize=9)
+        ax.set_title(title + ("" if images or dims <= 2 else " (first 2 coordinates)"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -491,25 +494,8 @@ def _cmd_schedule(args: argparse.Namespace) -> None:
 
 
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("scoresde sample draws its PNG with matplotlib: pip install 'scoresde[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, exact = x.reshape(len(x), -1), exact.reshape(len(exact), -1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=x.shape[1] > 1)
-    for ax, data, name in ((axes[0], exact, "exact samples"), (axes[1], x, title)):
-        if x.shape[1] == 1:
-            ax.hist(data[:, 0].numpy(), bins=80, density=True)
-        else:
-            ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=2, alpha=0.5)
-            ax.set_aspect("equal", adjustable="box")
-        ax.set_title(name + ("" if x.shape[1] <= 2 else " (first 2 coordinates)"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Samples beside exact samples of the analytic problem."""
+    _picture(path, (exact, "exact samples"), (x, title))
 
 
 def build_parser() -> argparse.ArgumentParser:

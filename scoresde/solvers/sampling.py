@@ -86,9 +86,6 @@ def sample(
         t_end: last time of the grid, default sde.t_eps.
         denoise: finish with one extra evaluation returning the posterior mean E[x0 | x_t_end]
             (Tweedie); it is counted in nfe.
-
-    Raises NonFiniteError when NaN or inf appears, naming the step (or, for library and
-    adaptive solvers, the network evaluation) and the time where it first did.
         callback: called after every step with {'i', 't', 'x', 'x0_pred'}.
         enable_grad: keep the autograd graph (e.g. to optimize a schedule); off by default.
         state_hook: hook(x, t, last) -> x, applied to the state after every step (and to x_T);
@@ -103,6 +100,9 @@ def sample(
             torchrun sharding (tests/test_batch_invariance.py). It costs one network call per
             row per evaluation (NFE still counts batched evaluations).
         solver_options: passed to the solver; unknown names raise ValueError.
+
+    Raises NonFiniteError when NaN or inf appears, naming the step (or, for library and
+    adaptive solvers, the network evaluation) and the time where it first did.
     """
     info = get(solver)
     _check_entry(model, shape, x_T, generator, callback, state_hook, dtype)
@@ -217,10 +217,8 @@ def _check_entry(model, shape, x_T, generator, callback, state_hook, dtype) -> N
     if x_T is not None and not (isinstance(x_T, torch.Tensor) and x_T.is_floating_point() and x_T.ndim >= 1):
         given = f"{x_T.dtype} tensor" if isinstance(x_T, torch.Tensor) else type(x_T).__name__
         raise _checks.fail("x_T", "a real floating-point tensor (B, *data_shape)", given)
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise _checks.fail("dtype", "None or a real floating-point torch.dtype (e.g. torch.float32)", dtype)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise _checks.fail("generator", "None or a torch.Generator", type(generator).__name__)
+    _checks.floating_dtype("dtype", dtype)
+    _checks.generator("generator", generator)
     for name, fn in (("callback", callback), ("state_hook", state_hook)):
         if fn is not None and not callable(fn):
             raise _checks.fail(name, "None or a callable", type(fn).__name__)
