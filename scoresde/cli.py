@@ -4,8 +4,7 @@
 Flags mean one thing in every subcommand: `--samples` (alias `--n`, except under `bench`,
 where torchrun's own `--nnodes`/`--nproc-per-node` make that prefix ambiguous) is the sample
 count, `--ckpt` a Trainer checkpoint, `--steps` solver steps, `--nfe` NFE budgets, and
-`--dtype` defaults to float32 everywhere (`nll` too: its ODE log-likelihood in float32 agrees
-with float64 well within its own confidence interval, down to rtol = atol = 1e-8).
+`--dtype` defaults to float32 everywhere (`nll` too).
 
 Bad input (a flag's value, a missing or malformed input file, an --out that cannot be
 written, a device this machine lacks) is refused before any work, in one line
