@@ -8,7 +8,7 @@ import torch
 
 from .. import _checks
 
-__all__ = ["load_digits", "digits_split_indices", "DIGITS_TRAIN_SIZE", "DIGITS_TEST_SIZE", "DIGITS_SPLITS"]
+__all__ = ["load_digits", "digits_split_indices", "hash_order", "DIGITS_TRAIN_SIZE", "DIGITS_TEST_SIZE", "DIGITS_SPLITS"]
 
 DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = 1500, 297
 DIGITS_SPLITS = ("train", "test", "all")
@@ -24,14 +24,19 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def hash_order(n: int, seed: int) -> torch.Tensor:
+    """A fixed permutation of range(n), (n,) int64: indices sorted by the SplitMix64 hash of
+    (seed * n + index), so it depends on no library's RNG and never changes."""
+    return torch.tensor(sorted(range(n), key=lambda i: _splitmix64(seed * n + i)), dtype=torch.long)
+
+
 def digits_split_indices(split: str, total: int = DIGITS_TRAIN_SIZE + DIGITS_TEST_SIZE) -> torch.Tensor:
     """Indices into scikit-learn's digits for `split`, shape (N,) int64. The permutation orders
     images by a SplitMix64 hash of (fixed seed, index), so it depends on no library's RNG and
     never changes: train = the first 1500, test = the other 297."""
     _checks.choice("split", split, DIGITS_SPLITS)
     total = _checks.integer("total", total, low=DIGITS_TRAIN_SIZE + 1)
-    order = sorted(range(total), key=lambda i: _splitmix64(_SPLIT_SEED * total + i))
-    order = torch.tensor(order, dtype=torch.long)
+    order = hash_order(total, _SPLIT_SEED)
     if split == "all":
         return torch.arange(total)
     return order[:DIGITS_TRAIN_SIZE] if split == "train" else order[DIGITS_TRAIN_SIZE:]
