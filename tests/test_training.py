@@ -550,3 +550,44 @@ def test_conditions_for_a_network_without_cond_dim_are_refused():
     x, k, cond = cond_data()
     with pytest.raises(ValueError, match="data has vector conditions .cond. but the network has no cond_dim"):
         sd.Trainer(tiny_model(), x, cond=cond, progress=False)
+
+
+def test_a_vector_conditioned_model_follows_its_condition_and_cond_dropout_trains_the_null():
+    """The must-show of vector conditions, against exact laws. A 4-mode ring whose condition is
+    the row's component mean; 600 steps of a small MLP with cond_dropout 0.2 (v prediction:
+    with eps prediction this small net's probability-flow ODE sends ~2% of the prior's tail to
+    |x| ~ 100, under every ODE solver including dopri5). dpm++2m, 20 steps, 1000 samples,
+    sliced W2 (measured: 0.03-0.05 to the exact conditional, floor 0.011; 1.4 to the
+    unconditional law; scale 0: 0.15 to the unconditional law, floor 0.13 +- 0.03)."""
+    from scoresde.guidance import ClassifierFree
+
+    ring = sd.data.GaussianMixture.ring(modes=4)
+    x, k = ring.sample(8192, torch.Generator().manual_seed(0), return_components=True)
+    torch.manual_seed(0)
+    model = sd.ScoreModel(sd.nets.MLP(2, hidden=64, depth=2, cond_dim=2), sd.VPSDE(), prediction="v")
+    trainer = sd.Trainer(model, x, cond=ring.means.float()[k], cond_dropout=0.2, batch_size=256, lr=2e-3,
+                         warmup_steps=20, ema_decay=0.99, progress=False).fit(600)
+    n = 1000
+
+    def draw(cond, scale, seed):
+        with torch.no_grad():
+            guided = ClassifierFree(trainer.ema_model, cond.float().expand(n, 2), scale)
+            return sd.sample(guided, shape=(n, 2), solver="dpm++2m", steps=20,
+                             generator=torch.Generator().manual_seed(seed)).x.double()
+
+    def metric(a, b):
+        return sd.metrics.sliced_wasserstein(a, b, generator=torch.Generator().manual_seed(9))
+
+    unconditional = ring.sample(n, torch.Generator().manual_seed(11))
+    for j in (0, 2):
+        component = sd.data.GaussianMixture([1.0], ring.means[j:j + 1], ring.covariances[j:j + 1])
+        samples = draw(ring.means[j], 1.0, 20 + j)
+        to_conditional = float(metric(samples, component.sample(n, torch.Generator().manual_seed(30 + j))))
+        assert to_conditional < 0.1 * float(metric(samples, unconditional))
+        floor = sd.metrics.two_sample_floor(metric, component.sample, n, repeats=5,
+                                            generator=torch.Generator().manual_seed(5))
+        assert to_conditional < 10 * float(floor.mean)
+    # scale 0 is the null condition alone: the unconditional law, within its two-sample floor
+    floor = sd.metrics.two_sample_floor(metric, ring.sample, n, repeats=10, generator=torch.Generator().manual_seed(5))
+    null = draw(ring.means[0], 0.0, 40)
+    assert float(metric(null, unconditional)) < float(floor.mean) + 3 * float(floor.std)
