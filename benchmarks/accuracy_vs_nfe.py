@@ -1,7 +1,7 @@
 """Accuracy against NFE of every registered sampler (the `scoresde bench` command, with its
 results in benchmarks/results/ by default).
 
-    OMP_NUM_THREADS=1 python benchmarks/accuracy_vs_nfe.py [--quick] [--ckpt out/digits_quality/checkpoint.pt]
+    OMP_NUM_THREADS=1 python benchmarks/accuracy_vs_nfe.py [--quick] [--ckpt out/digits_quality/checkpoint.pt [--data SPEC]]
     torchrun --nproc_per_node=2 benchmarks/accuracy_vs_nfe.py ...     # the batch sharded over 2 processes
 
 All options: `scoresde bench --help` (or `python -m scoresde bench --help`). Writes accuracy_vs_nfe.{json,csv,md,png}.

@@ -85,11 +85,14 @@ def test_old_flags_are_aliases(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "run_benchmark", lambda **kwargs: calls.append(kwargs))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "model.pt").write_bytes(b"checked to exist before the run; read by the (replaced) run")
+    # a digits model (checked, with its data set, before the run; read by the (replaced) run)
+    unet = sd.nets.UNet(base_channels=8, channel_mults=(1,), groups=4)
+    sd.Trainer(sd.ScoreModel(unet, sd.VPSDE()), sd.data.load_data("digits").x[:32], batch_size=16,
+               progress=False).save(tmp_path / "model.pt")
     for flag in ("--digits-ckpt", "--ckpt"):
         assert main(["bench", "--sdes", "vp", flag, "model.pt", "--no-progress"]) == 0
     assert calls[0] == calls[1]
-    assert calls[0]["digits_checkpoint"] == "model.pt"
+    assert calls[0]["checkpoint"] == "model.pt"
     assert calls[0]["problems"] == [f"{p}/vp" for p in bench.ANALYTIC] + ["digits"]
     monkeypatch.undo()
     assert main(["bench", "--problems", "digits", "--digits-ckpt", str(tmp_path / "missing.pt"), "--no-progress"]) == 2

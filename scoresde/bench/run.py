@@ -8,8 +8,9 @@ records the NFE the model counted, the wall time and these metrics:
   the same noise (ODE solvers only; `scoresde.solvers.reference_solve`, float64 for analytic
   problems);
 - `sliced_w2`, `mmd`: distance to exact samples of p_{t_end} (analytic problems) or to the
-  held-out test digits, next to the two-sample floor (the same metric between an independent
-  exact draw and that set: a perfect sampler scores there);
+  held-out test split of a trained model's data set (checkpoint problems), next to the
+  two-sample floor (the same metric between an independent exact draw, or training samples,
+  and that set: a perfect sampler scores there);
 - `nll_gap`: mean of -log p_{t_end}(x) over the samples minus the same mean over the exact
   samples, in nats per dimension, under the exact density (analytic problems only). Not a
   divergence: a sampler that collapses onto the modes scores below zero.
@@ -145,6 +146,8 @@ def run_benchmark(
     digits_checkpoint: Union[str, Path, None] = None,
     optimize: bool = False,
     calibration: int = 256,
+    checkpoint: Union[str, Path, None] = None,
+    data: Union[str, Path, None] = None,
 ) -> Optional[dict]:
     """Run every (problem, solver, budget) cell; return the results dict on rank 0 (None on
     other ranks). With `out`, the JSON is rewritten after every cell (a long run never loses
@@ -152,8 +155,12 @@ def run_benchmark(
     CSV, Markdown table and plot are written at the end.
 
     Args:
-        problems: 'ring2d/vp'-style names (mixture in ANALYTIC, SDE in BENCH_SDES), 'digits'
-            (needs `digits_checkpoint`), or Problem objects.
+        problems: 'ring2d/vp'-style names (mixture in ANALYTIC, SDE in BENCH_SDES), 'ckpt' (the
+            `checkpoint` model on data set `data`, see `checkpoint_problem`), 'digits' (the
+            `checkpoint` model on the digits), or Problem objects.
+        checkpoint, data: a Trainer checkpoint and a data set (a built-in name or a file;
+            default digits for a (1, 8, 8) model). `digits_checkpoint` is the old name of
+            `checkpoint`.
         solvers: registry names or their aliases (default: all registered); cells carry the
             registry's name.
         nfes: NFE budgets for fixed-step solvers (each runs the most steps that fit).
@@ -165,6 +172,10 @@ def run_benchmark(
             tunes the same grid, deterministically).
     """
     start = time.perf_counter()
+    if digits_checkpoint is not None:
+        if checkpoint is not None and checkpoint != digits_checkpoint:
+            raise _checks.fail("digits_checkpoint", "None or the same as checkpoint (its new name)", digits_checkpoint)
+        checkpoint = digits_checkpoint
     solvers = list(dict.fromkeys(get(s).name for s in (available() if solvers is None else solvers)))
     metrics = list(metrics)
     for m in metrics:
@@ -201,7 +212,7 @@ def run_benchmark(
 
         bar = tqdm(total=len(problem_list) * len(cells), desc="bench cells")
     for spec in problem_list:
-        problem = make_problem(spec, seed, n, device, dtype, digits_checkpoint)
+        problem = make_problem(spec, seed, n, device, dtype, checkpoint, data)
         todo = [c for c in cells if _key(dict(problem=problem.name, solver=c[0], requested_nfe=c[1],
                                                   tolerance=c[2].get("rtol"), schedule=c[2].get("schedule"))) not in done]
         if bar is not None:

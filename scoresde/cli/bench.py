@@ -12,14 +12,17 @@ from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, int_f
 
 def add(command) -> None:
     from ..bench import ADAPTIVE_TOLERANCES, ANALYTIC, BENCH_SDES, DEFAULT_NFES, METRICS
+    from ..data import BUILTIN_DATA
     from ..schedules import SCHEDULES
     from ..tuning import MIN_CALIBRATION
 
-    p = command("bench", "accuracy against NFE of any solvers on problems with exact answers")
+    p = command("bench", "accuracy against NFE of any solvers on problems with exact answers, or on any trained "
+                         "model (--ckpt) against a data set's held-out split (--data)")
     p.add_argument("--quick", action="store_true", help="two problems, 11 solvers, NFE 5-50, 1000 samples (about a minute)")
     p.add_argument("--problems", nargs="+", default=None,
                    help=f"mixtures ({' '.join(ANALYTIC)}, each under every --sdes), 'ring2d/vp'-style pairs, "
-                        "or digits (with --ckpt); default: the four mixtures")
+                        "or ckpt (the --ckpt model on --data; digits: the same on the digits); default: the four "
+                        "mixtures, and ckpt with --ckpt")
     p.add_argument("--sdes", nargs="+", default=None, choices=list(BENCH_SDES), help=f"default: {' '.join(BENCH_SDES)}")
     p.add_argument("--solvers", nargs="+", default=None, help="registry names; default: all (--quick: 11)")
     int_flag(p, "--nfe", nargs="+", high=MAX_STEPS, why=WHY_STEPS, default=None,
@@ -32,7 +35,13 @@ def add(command) -> None:
          help="entries of each adaptive solver's tolerance sweep (default 4; --quick: 2)")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: each solver's own")
     p.add_argument("--ckpt", "--digits-ckpt", dest="ckpt", default=None,
-                   help="a Trainer checkpoint of a digits model (adds problem 'digits')")
+                   help="a Trainer checkpoint of any score model (adds its problem, named after --data): reference "
+                        "trajectories are its own float32 dopri5 solves at 1e-5, samples are compared with the "
+                        "--data test split, the floor is the train split against it (--digits-ckpt: old name)")
+    p.add_argument("--data", default=None,
+                   help=f"data set of the --ckpt model: a built-in name ({' '.join(BUILTIN_DATA)}) or a "
+                        ".pt/.npy/.npz file; default digits for a model of "
+                        "shape (1, 8, 8), else required")
     seed_flag(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1" + " (under torchrun: each rank's own GPU)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
@@ -47,24 +56,37 @@ def add(command) -> None:
 
 
 
-def _check_bench(args: argparse.Namespace, names: List[str]) -> None:
-    """What bench would otherwise find only when it reaches it (a later problem, the first
-    write, the resume file), checked on every rank before any work."""
+def _check_bench(args: argparse.Namespace, names: List[str]) -> List[str]:
+    """What bench would otherwise find only when it reaches it (a later problem, the checkpoint
+    and its data set, the first write, the resume file), checked on every rank before any work;
+    returns the problem names, the checkpoint's named digits when its data set is the digits."""
     from .. import bench
 
     device_flag(args.device)
     for name in names:
-        if name != "digits":
+        if name not in bench.CHECKPOINT_PROBLEMS:
             mixture, _, sde = name.partition("/")
             _checks.choice("--problems", mixture, bench.ANALYTIC)
             _checks.choice(f"the SDE of --problems {name}", sde, bench.BENCH_SDES)
-    if "digits" in names:
+    if any(name in bench.CHECKPOINT_PROBLEMS for name in names):
         if args.ckpt is None:
-            raise _checks.fail("--ckpt", "a Trainer checkpoint of a digits model with --problems digits", None)
+            raise _checks.fail("--ckpt", "a Trainer checkpoint with --problems ckpt or digits", None)
         input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
+        state = bench.score_checkpoint(args.ckpt, "--ckpt")
+        data = bench.checkpoint_data(state, args.data, "test", name="--data").name
+        if "digits" in names and data != "digits":
+            raise _checks.fail("--problems", f"a list with ckpt, not digits, for --data {data} (problem digits is "
+                               "the --ckpt model on the digits)", args.problems)
+        train = len(bench.checkpoint_data(state, data, "train", name="--data"))
+        if (args.samples or 1000) > train:
+            raise _checks.fail("--samples", f"at most {train} with --ckpt (the floor draws that many from the "
+                               f"{data} train split)", args.samples or 1000)
+        names = ["digits" if name == "ckpt" and data == "digits" else name for name in names]
     elif args.ckpt is not None:
-        raise _checks.fail("--problems", "a list with digits when --ckpt is given (the checkpoint is used by "
-                           "problem digits only)", args.problems)
+        raise _checks.fail("--problems", "a list with digits or ckpt when --ckpt is given (the checkpoint's "
+                           "problem)", args.problems)
+    elif args.data is not None:
+        raise _checks.fail("--data", "used with --ckpt (the data set of the checkpoint's model)", args.data)
     folder = output_folder(args.out)
     results = folder / "accuracy_vs_nfe.json"
     if args.resume and results.exists():
@@ -79,6 +101,7 @@ def _check_bench(args: argparse.Namespace, names: List[str]) -> None:
         wrong = [k for k, kind in fields.items() if not isinstance(earlier, dict) or not isinstance(earlier.get(k), kind)]
         if wrong:
             raise refuse("--resume", accepted, str(results), "it has no valid " + ", ".join(wrong))
+    return names
 
 
 def run(args: argparse.Namespace) -> None:
@@ -90,18 +113,18 @@ def run(args: argparse.Namespace) -> None:
     if quick and not args.problems:
         names = list(quick["problems"])
     else:
-        names = [p if "/" in p or p == "digits" else f"{p}/{s}"
+        names = [p if "/" in p or p in bench.CHECKPOINT_PROBLEMS else f"{p}/{s}"
                  for p in args.problems or bench.ANALYTIC for s in args.sdes or bench.BENCH_SDES]
     if args.ckpt and not args.problems:
-        names.append("digits")
-    _check_bench(args, names)
+        names.append("ckpt")
+    names = _check_bench(args, names)
     with torchrun_group(args.device) as device:
         results = bench.run_benchmark(
             problems=list(dict.fromkeys(names)), solvers=args.solvers or quick.get("solvers"),
             nfes=args.nfe or quick.get("nfes", bench.DEFAULT_NFES), metrics=args.metrics or bench.METRICS,
             n=args.samples or quick.get("n", 1000), seed=args.seed, device=device, dtype=DTYPES[args.dtype],
             schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4), out=args.out,
-            resume=args.resume, progress=not args.no_progress, digits_checkpoint=args.ckpt,
+            resume=args.resume, progress=not args.no_progress, checkpoint=args.ckpt, data=args.data,
             optimize=args.optimize, calibration=args.calibration,
         )
     if results is not None:

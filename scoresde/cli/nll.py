@@ -5,24 +5,32 @@ import argparse
 
 import torch
 
+from .. import _checks
 from ..sde import SDES, by_name
 from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, int_flag, seed_flag, device_flag, input_file
 
 
 def add(command) -> None:
+    from ..data import BUILTIN_DATA
     from ..data.problems import PROBLEMS
 
-    p = command("nll", "negative log-likelihood through the probability-flow ODE (bits/dim or nats)")
-    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint: report bits/dim on --data")
-    p.add_argument("--data", default="digits", choices=["digits"], help="data set of the --ckpt model")
+    p = command("nll", "negative log-likelihood through the probability-flow ODE: of any trained model (--ckpt) "
+                       "on a data set (bits/dim on the digits, nats/dim of continuous data), or exact vs ODE on an "
+                       "analytic problem")
+    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint of any score model: its nll on --data")
+    p.add_argument("--data", default=None,
+                   help=f"data set of the --ckpt model: a built-in name ({' '.join(BUILTIN_DATA)}) or a "
+                        ".pt/.npy/.npz file; default digits for a model of "
+                        "shape (1, 8, 8), else required. Digits: bits/dim, dequantized over their 17 grey levels; "
+                        "others: nats/dim of log p_{t_end}(x)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"], help="split of --data")
     p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"],
                    help="ema: the moving average of the weights; raw: the optimized weights (model: old name of raw)")
-    int_flag(p, "--draws", high=10_000, default=1, help="dequantization draws per image")
+    int_flag(p, "--draws", high=10_000, default=1, help="dequantization draws per image (digits)")
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (without --ckpt)")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE (without --ckpt)")
     int_flag(p, "--samples", "--n", dest="samples", high=MAX_SAMPLES, why=WHY_SAMPLES, default=200,
-             help="exact samples of --problem, or the first images of --split with --ckpt")
+             help="exact samples of --problem, or the first samples of --split with --ckpt")
     p.add_argument("--trace", default="exact", choices=["exact", "hutchinson"], help="divergence of the ODE drift")
     int_flag(p, "--probes", high=10_000, default=1, help="Hutchinson probes")
     p.add_argument("--method", default="dopri5", help="torchdiffeq method")
@@ -36,35 +44,20 @@ def add(command) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Negative log-likelihood through the probability-flow ODE: bits/dim of a trained digits
-    model (--ckpt), or exact vs ODE nll on an analytic problem (--problem)."""
+    """Negative log-likelihood through the probability-flow ODE: of a trained model (--ckpt) on
+    a data set, or exact vs ODE nll on an analytic problem (--problem)."""
     import math
 
-    from ..likelihood import bits_per_dim, log_likelihood
+    from ..likelihood import log_likelihood
 
     device_flag(args.device)
-    if args.ckpt is not None:
-        input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
     dtype = DTYPES[args.dtype]
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     options = dict(trace=args.trace, probes=args.probes, method=args.method, rtol=args.rtol, atol=args.atol)
     if args.ckpt is not None:
-        from ..data.digits import load_digits
-        from ..training import load_checkpoint, load_model
-
-        try:
-            state = load_checkpoint(args.ckpt)  # for its step
-        except FileNotFoundError as err:
-            raise ValueError(str(err)) from err
-        model = load_model(args.ckpt, args.weights, device=args.device, dtype=dtype)
-        x, _ = load_digits(args.split, dtype=dtype, device=args.device)
-        x = x[: args.samples]
-        # digits: grey levels 0..16 scaled by k/8 - 1, so 17 levels (bins of width 1/8)
-        out = bits_per_dim(model, x, levels=17, draws=args.draws, generator=gen, dtype=dtype, **options)
-        print(f"digits ({args.split}, n={x.shape[0]}) | {args.ckpt} ({args.weights} weights, step {int(state['step'])}) | "
-              f"trace={args.trace} rtol={args.rtol:g} atol={args.atol:g} draws={args.draws}: "
-              f"{out.mean:.4f} +- {out.half_width:.4f} bits/dim (95% CI), {out.nfe} NFE")
-        return
+        return _checkpoint_nll(args, dtype, gen, options)
+    if args.data is not None:
+        raise _checks.fail("--data", "used with --ckpt (the data set of the checkpoint's model)", args.data)
     from ..data.problems import get_problem
 
     n = args.samples
@@ -80,3 +73,32 @@ def run(args: argparse.Namespace) -> None:
           f"nll exact {float(-exact.mean()):.5f}, ODE {float(-res.logp.mean()):.5f} nats "
           f"(difference {float(-diff.mean()):+.2e} +- {half:.1e}, max |diff| {float(diff.abs().max()):.2e}; "
           f"of log p_{{t_end}} with t_end={res.t_end:g}), {res.nfe} NFE")
+
+
+def _checkpoint_nll(args: argparse.Namespace, dtype: torch.dtype, gen: torch.Generator, options: dict) -> None:
+    """`nll --ckpt`: bits/dim of the digits (dequantized: grey levels 0..16 scaled by k/8 - 1,
+    so 17 levels, bins of width 1/8), or nats/dim of -log p_{t_end}(x) of continuous data, each
+    with a 95% interval over the samples."""
+    import math
+
+    from ..bench import checkpoint_data, score_checkpoint
+    from ..likelihood import bits_per_dim, log_likelihood
+    from ..training import load_model
+
+    path = input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
+    state = score_checkpoint(path, "--ckpt")
+    data = checkpoint_data(state, args.data, args.split, name="--data", dtype=dtype, device=args.device)
+    model = load_model(path, args.weights, device=args.device, dtype=dtype)
+    x = data.x[: args.samples]
+    n = x.shape[0]
+    where = f"{data.name} ({args.split}, n={n}) | {path} ({args.weights} weights, step {int(state['step'])}) | " \
+            f"trace={args.trace} rtol={args.rtol:g} atol={args.atol:g}"
+    if data.name == "digits":
+        out = bits_per_dim(model, x, levels=17, draws=args.draws, generator=gen, dtype=dtype, **options)
+        print(f"{where} draws={args.draws}: {out.mean:.4f} +- {out.half_width:.4f} bits/dim (95% CI), {out.nfe} NFE")
+        return
+    res = log_likelihood(model, x, generator=gen, **options)
+    nats = -res.logp.double() / math.prod(data.shape)
+    half = 1.96 * float(nats.std()) / math.sqrt(n) if n > 1 else float("nan")
+    print(f"{where}: {float(nats.mean()):.4f} +- {half:.4f} nats/dim (95% CI) of -log p_{{t_end}}(x), "
+          f"t_end={res.t_end:g}, {res.nfe} NFE")

@@ -8,16 +8,18 @@ import torch
 
 from .. import _checks
 from ..sde import SDES, by_name
-from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, picture
+from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, picture, refuse
 
 
 def add(command) -> None:
+    from ..data import BUILTIN_DATA
     from ..data.problems import PROBLEMS
     from ..model import PREDICTIONS
     from ..schedules import SCHEDULES
     from ..solvers import DEFAULT_SOLVER, DEFAULT_STEPS, available
 
-    p = command("sample", "sample an analytic problem with any solver; save .pt and a PNG")
+    p = command("sample", "sample an analytic problem, or any trained model (--ckpt), with any solver; save .pt "
+                          "and a PNG")
     p.add_argument("--problem", default="ring2d", choices=list(PROBLEMS), help="analytic problem (exact samples)")
     p.add_argument("--sde", default="vp", choices=list(SDES), help="forward SDE")
     p.add_argument("--prediction", default="eps", choices=list(PREDICTIONS), help="parameterization of the oracle")
@@ -39,12 +41,20 @@ def add(command) -> None:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--out", default="out", help="folder for the .pt and .png (created if missing)")
-    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint: sample its model instead of --problem "
-                                                "(writes .pt, .npz and a picture; no exact samples to compare)")
+    p.add_argument("--ckpt", default=None, help="a Trainer checkpoint of a score model: sample it instead of "
+                                                "--problem (writes .pt, .npz and a picture)")
     p.add_argument("--weights", default="ema", choices=["ema", "raw", "model"], help="weights of the --ckpt model")
+    p.add_argument("--data", default=None,
+                   help=f"with --ckpt: a data set of the model's shape (a built-in name, {' '.join(BUILTIN_DATA)}, or "
+                        "a .pt/.npy/.npz file); prints the sliced W2 of the samples to its test split, next to "
+                        "that of prior noise N(0, prior_std^2 I) and the train-vs-test floor")
     p.add_argument("--label", type=int, default=None, help="class to generate (class-conditional --ckpt models)")
+    p.add_argument("--cond", default=None,
+                   help="vector condition of a --ckpt model whose network has cond_dim: a .pt/.npy/.npz file of "
+                        "one (cond_dim,) vector for every sample or (samples, cond_dim) rows (.npz/.pt dict: key "
+                        "cond)")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale with --label (default 1: the conditional model)")
+                   help="classifier-free guidance scale with --label or --cond (default 1: the conditional model)")
     p.set_defaults(func=run)
 
 
@@ -73,6 +83,9 @@ def run(args: argparse.Namespace) -> None:
     if args.label is not None or args.guidance_scale is not None:
         raise _checks.fail("--label/--guidance-scale", "used with --ckpt of a class-conditional model",
                            "an analytic --problem")
+    for flag, value in (("--cond", args.cond), ("--data", args.data)):
+        if value is not None:
+            raise _checks.fail(flag, "used with --ckpt (a trained model)", value)
     sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
@@ -101,45 +114,137 @@ def run(args: argparse.Namespace) -> None:
 
 def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype: torch.dtype) -> None:
     """`sample --ckpt`: samples of a trained model (EMA or raw weights), classifier-free guided
-    towards `--label` for a class-conditional one; .pt, .npz and a picture in --out."""
+    towards `--label` or `--cond` for a conditional one; .pt, .npz and a picture in --out; with
+    --data, their sliced W2 to its test split next to the prior's and the train-vs-test floor."""
     import numpy as np
 
+    from ..bench import checkpoint_data, score_checkpoint
     from ..guidance import ClassifierFree
     from ..solvers import sample
-    from ..training import load_checkpoint, load_model
+    from ..training import load_model
 
     path = input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
-    state = load_checkpoint(path)
+    state = score_checkpoint(path, "--ckpt")
     shape = tuple(state["config"]["data_shape"])
+    net = state["config"]["model"]["net"]["config"]
+    cond = _condition(args, net.get("num_classes"), net.get("cond_dim"))
+    data = None
+    if args.data is not None:
+        data = [checkpoint_data(state, args.data, split, name="--data", dtype=torch.float64, device=args.device)
+                for split in ("train", "test")]
     model = load_model(path, args.weights, device=args.device, dtype=dtype)
-    classes = getattr(model.net, "num_classes", None)
     guided = model
-    if args.label is not None:
-        if not classes:
-            raise _checks.fail("--label", "used with a class-conditional model (its network has num_classes)",
-                               args.label)
-        label = _checks.integer("label", args.label, 0, classes - 1)
+    if cond is not None:
         scale = 1.0 if args.guidance_scale is None else _checks.real("guidance-scale", args.guidance_scale, low=0)
-        cond = torch.full((args.samples,), label, dtype=torch.long, device=args.device)
-        guided = ClassifierFree(model, cond, scale)
-    elif args.guidance_scale is not None:
-        raise _checks.fail("--guidance-scale", "used with --label (the class to guide towards)", args.guidance_scale)
+        guided = ClassifierFree(model, cond.to(args.device, dtype if cond.is_floating_point() else cond.dtype), scale)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     with torch.no_grad():
         out = sample(guided, shape=(args.samples, *shape), solver=args.solver, steps=steps, schedule=schedule,
                      denoise=args.denoise, generator=gen, dtype=dtype, device=args.device, progress=args.progress,
                      **options)
-    what = "" if args.label is None else f" label={args.label} scale={guided.scale:g}"
+    what, stem = "", f"{path.stem}_{args.solver}_{args.steps}"
+    if cond is not None:
+        given = f"label={args.label}" if args.label is not None else f"cond={args.cond}"
+        what = f" {given} scale={guided.scale:g}"
+        stem += f"_label{args.label}" if args.label is not None else f"_cond-{Path(args.cond).stem}"
     print(f"{path} ({args.weights} weights, step {int(state['step'])}) | {args.solver} | steps={args.steps}{what}: "
           f"{args.samples} samples of shape {shape}, nfe={out.nfe}, {out.seconds:.3f} s")
+    x = out.x.detach()
+    if data is not None:
+        _compare(x, model.sde, *data, args.seed)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{path.stem}_{args.solver}_{args.steps}" + ("" if args.label is None else f"_label{args.label}")
-    x = out.x.detach().cpu()
+    x = x.cpu()
     settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
     torch.save({"x": x, "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
     np.savez(folder / f"{stem}.npz", x=x.double().numpy(), nfe=out.nfe, times=out.times.numpy())
     picture(folder / f"{stem}.png", (x.double(), f"{args.solver}, {out.nfe} NFE{what}"))
     print(f"wrote {folder / stem}.{{pt,npz,png}}")
+
+
+def _condition(args, num_classes, cond_dim):
+    """The condition of every sample from --label (int64 (B,)) or --cond (float (B, cond_dim)), or
+    None; refused before any work if the model has no such input or the widths differ."""
+    if args.label is not None and args.cond is not None:
+        raise _checks.fail("--label/--cond", "one of them (a model is guided towards one condition)",
+                           f"--label {args.label} and --cond {args.cond}")
+    if args.label is not None:
+        if not num_classes:
+            raise _checks.fail("--label", "used with a class-conditional model (its network has num_classes)",
+                               args.label)
+        label = _checks.integer("label", args.label, 0, num_classes - 1)
+        return torch.full((args.samples,), label, dtype=torch.long)
+    if args.cond is not None:
+        if not cond_dim:
+            raise _checks.fail("--cond", "used with a model whose network has cond_dim (a vector condition)",
+                               args.cond)
+        return _cond_file(args.cond, cond_dim, args.samples)
+    if args.guidance_scale is not None:
+        raise _checks.fail("--guidance-scale", "used with --label or --cond (the condition to guide towards)",
+                           args.guidance_scale)
+    return None
+
+
+def _cond_file(path: str, cond_dim: int, n: int) -> torch.Tensor:
+    """--cond's vectors as float64 (n, cond_dim): one (cond_dim,) vector repeated, or n rows."""
+    import numpy as np
+
+    accepted = f"a .pt/.npy/.npz file of a ({cond_dim},) vector or ({n}, {cond_dim}) rows (the model's cond_dim " \
+               f"{cond_dim}, --samples {n})"
+    file = input_file("--cond", path, accepted[2:])
+    try:
+        if file.suffix == ".pt":
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+        elif file.suffix in (".npy", ".npz"):
+            obj = np.load(file, allow_pickle=False)
+        else:
+            raise refuse("--cond", accepted, path, "not a .pt, .npy or .npz file")
+    except _checks.ArgumentError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same bad input
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # torch.load's run over many lines
+        raise refuse("--cond", accepted, path, f"it cannot be read: {type(err).__name__}: {first}") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        obj = {k: obj[k] for k in obj.files}
+    if isinstance(obj, dict):
+        if "cond" not in obj and len(obj) != 1:
+            raise refuse("--cond", accepted, path, f"it holds {', '.join(sorted(map(str, obj)))}, not one array "
+                         "or a key cond")
+        obj = obj["cond"] if "cond" in obj else next(iter(obj.values()))
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "iuf":
+            raise refuse("--cond", accepted, path, f"it holds a {obj.dtype} array")
+        obj = torch.from_numpy(obj)
+    if not isinstance(obj, torch.Tensor) or obj.is_complex() or obj.dtype == torch.bool:
+        raise refuse("--cond", accepted, path, f"it holds {type(obj).__name__}"
+                     + (f" {obj.dtype}" if isinstance(obj, torch.Tensor) else ""))
+    cond = obj.to(torch.float64)
+    if cond.ndim == 1:
+        cond = cond[None].expand(n, -1) if cond.shape[0] == cond_dim else cond
+    if cond.shape != (n, cond_dim):
+        raise refuse("--cond", accepted, path, f"its shape is {tuple(obj.shape)}"
+                     + (f": width {obj.shape[-1]}, not the model's cond_dim {cond_dim}"
+                        if obj.ndim in (1, 2) and obj.shape[-1] != cond_dim else ""))
+    _checks.finite("--cond", cond)
+    return cond.contiguous()
+
+
+def _compare(x: torch.Tensor, sde, train, test, seed: int) -> None:
+    """Print the sliced W2 of samples x to the test split, next to that of as many prior draws
+    N(0, prior_std^2 I) and the floor: train-split subsets of the same size against the test split."""
+    from .. import metrics
+
+    n = x.shape[0]
+    device = test.x.device
+    gen = torch.Generator(device=device).manual_seed(seed + 2)
+    sw = float(metrics.sliced_wasserstein(x.double().to(device), test.x))
+    prior = sde.prior_sample(tuple(x.shape), gen, dtype=torch.float64, device=device)
+    sw_prior = float(metrics.sliced_wasserstein(prior, test.x))
+    k = min(n, len(train))
+    floors = torch.stack([metrics.sliced_wasserstein(train.x[torch.randperm(len(train), generator=gen,
+                                                                            device=device)[:k]], test.x)
+                          for _ in range(5)])
+    print(f"sliced W2 to {test.name} (test, n={len(test)}): samples {sw:.4f}, prior N(0, {sde.prior_std:g}^2 I) "
+          f"{sw_prior:.4f}, floor (train vs test, n={k}) {float(floors.mean()):.4f} +- {float(floors.std()):.4f}")
 
 
 def _plot(x: torch.Tensor, exact: torch.Tensor, path: Path, title: str) -> None:
