@@ -2,13 +2,17 @@
 fixed-grid methods and torchsde, for the MLP (batch 4096), the digits U-Net (batch 64) and the
 analytic ring2d oracle (batch 2000).
 
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py [--device cuda] [--steps 50] [--repeats 5]
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py [--device cuda] [--dtype bfloat16] [--steps 50] [--repeats 5]
 
 For each network, `forward` is the median time of one raw network call (the time input already
 made), `wrapper` the ScoreModel's own cost per evaluation (an identity network in its place),
 and for each solver `ratio` = wall time of a whole `sample` call / (counted NFE x
 forward): 1.0 means the solver costs nothing beyond its evaluations. Every time is the median
-of `--repeats` runs after a warm-up; on CUDA each is bracketed by synchronizations.
+of `--repeats` runs after `--warmup` runs; on CUDA each is bracketed by synchronizations.
+`--dtype bfloat16` is the Trainer's bf16: the networks' weights and the samples stay float32
+and every network call runs under `torch.autocast(device, torch.bfloat16)` (the raw forward too,
+so the ratio compares like with like); the analytic oracle is left in float32 without autocast.
+`--nets` picks a subset of the three networks.
 Targets (issue 7): native fixed-step ratio <= 1.10; native Euler-Maruyama at least 5x faster
 per step than torchsde's euler on the analytic problem. Writes overhead.json and overhead.png.
 """
@@ -40,8 +44,13 @@ RUNS = [
 ]
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy init, cuDNN autotuning)
+#: --nets names -> the setups of `_setups`
+NETS = ("mlp", "unet", "oracle")
+
+
+def _timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):  # allocations, lazy init, cuDNN autotuning
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -54,26 +63,39 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _setups(device: torch.device, dtype: torch.dtype):
+def _setups(device: torch.device, dtype: torch.dtype, nets=NETS):
+    """(name, model, shape, autocast?) of each network in `nets`; bfloat16: float32 weights
+    under autocast (the oracle without)."""
     sde = sd.VPSDE()
-    mlp = sd.ScoreModel(sd.nets.MLP(dim=2), sde, prediction="eps").to(device=device, dtype=dtype).eval()
-    unet = sd.ScoreModel(sd.nets.UNet(in_channels=1), sde, prediction="eps").to(device=device, dtype=dtype).eval()
-    oracle = get_problem("ring2d").score_model(sde)
-    return [("MLP (2-D, batch 4096)", mlp, (4096, 2)), ("UNet (1x8x8, batch 64)", unet, (64, 1, 8, 8)),
-            ("ring2d oracle (batch 2000)", oracle, (2000, 2))]
+    bf16 = dtype == torch.bfloat16
+    weights = torch.float32 if bf16 else dtype
+    setups = []
+    if "mlp" in nets:
+        mlp = sd.ScoreModel(sd.nets.MLP(dim=2), sde, prediction="eps").to(device=device, dtype=weights).eval()
+        setups.append(("MLP (2-D, batch 4096)", mlp, (4096, 2), bf16))
+    if "unet" in nets:
+        unet = sd.ScoreModel(sd.nets.UNet(in_channels=1), sde, prediction="eps").to(device=device, dtype=weights).eval()
+        setups.append(("UNet (1x8x8, batch 64)", unet, (64, 1, 8, 8), bf16))
+    if "oracle" in nets:
+        setups.append(("ring2d oracle (batch 2000)", get_problem("ring2d").score_model(sde), (2000, 2), False))
+    return setups, weights
 
 
-def measure(device: torch.device, dtype: torch.dtype, steps: int, repeats: int) -> dict:
+def measure(device: torch.device, dtype: torch.dtype, steps: int, repeats: int, nets=NETS, warmup: int = 1) -> dict:
     results = {}
-    for name, model, shape in _setups(device, dtype):
+    setups, dtype = _setups(device, dtype, nets)  # bfloat16: samples in float32
+    for name, model, shape, bf16 in setups:
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
         x = model.sde.prior_sample(shape, torch.Generator(device=device).manual_seed(0), dtype=dtype, device=device)
         t = torch.full((shape[0],), 0.5, dtype=dtype, device=device)
         t_in = model.network_time(t)
         identity = sd.ScoreModel(lambda x_in, t_net: x_in, model.sde, prediction="eps")
-        with torch.no_grad():
-            forward = _timed(lambda: model.net(x, t_in), device, repeats)
+        with torch.no_grad(), autocast():
+            forward = _timed(lambda: model.net(x, t_in), device, repeats, warmup)
             # the ScoreModel's own cost per evaluation (time input, alpha/sigma, eps -> x0)
-            wrapper = _timed(lambda: identity.x0(x, 0.5), device, repeats)
+            wrapper = _timed(lambda: identity.x0(x, 0.5), device, repeats, warmup)
         rows = {}
         for label, solver, options in RUNS:
             schedule = "uniform" if solver == "torchsde" else None
@@ -81,13 +103,14 @@ def measure(device: torch.device, dtype: torch.dtype, steps: int, repeats: int) 
 
             def run():
                 gen.manual_seed(0)
-                return sd.sample(model, x_T=x, solver=solver, steps=steps, schedule=schedule, generator=gen,
-                                 **options)
+                with autocast():
+                    return sd.sample(model, x_T=x, solver=solver, steps=steps, schedule=schedule, generator=gen,
+                                     **options)
 
             nfe = run().nfe
-            wall = _timed(run, device, repeats)
+            wall = _timed(run, device, repeats, warmup)
             rows[label] = dict(seconds=wall, nfe=nfe, per_step=wall / steps, ratio=wall / (nfe * forward))
-        results[name] = dict(forward=forward, wrapper=wrapper, solvers=rows,
+        results[name] = dict(forward=forward, wrapper=wrapper, autocast="bfloat16" if bf16 else None, solvers=rows,
                              em_vs_torchsde=rows["torchsde euler"]["per_step"] / rows["euler_maruyama"]["per_step"])
     return results
 
@@ -116,16 +139,22 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                   help="bfloat16: float32 weights and samples, networks under bf16 autocast (as Trainer(bf16=True))")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before each measurement")
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS, help="default: all three")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     device = torch.device(args.device)
-    results = measure(device, getattr(torch, args.dtype), args.steps, args.repeats)
+    if args.dtype == "bfloat16" and device.type == "cpu":
+        print("note: bfloat16 autocast on the CPU times CPU bf16 kernels, not the GPU path it stands for")
+    results = measure(device, getattr(torch, args.dtype), args.steps, args.repeats, args.nets, args.warmup)
     meta = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 processor=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                torch=torch.__version__, steps=args.steps, repeats=args.repeats, dtype=args.dtype)
+                torch=torch.__version__, steps=args.steps, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
+                autocast="bfloat16 (networks only; float32 weights and samples)" if args.dtype == "bfloat16" else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overhead.json").write_text(json.dumps(dict(meta=meta, results=results), indent=1))
