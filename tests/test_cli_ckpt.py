@@ -40,6 +40,11 @@ def ckpts(tmp_path_factory):
     classifier = sd.classifier.NoisyClassifier(_TimeMLP(), sd.VPSDE())
     paths["classifier"] = sd.Trainer(classifier, (xs, labels), batch_size=32, loss_fn=sd.losses.classifier_loss,
                                      progress=False, ckpt_dir=root / "classifier").fit(1).save()
+    # a classifier on a built-in network whose output width equals the data's (dim == K = 2):
+    # told from a score model only by the kind its checkpoint records
+    builtin = sd.classifier.NoisyClassifier(sd.nets.MLP(2, hidden=16, depth=1, num_classes=2), sd.VPSDE())
+    paths["mlp_classifier"] = sd.Trainer(builtin, (xs, labels % 2), batch_size=32, loss_fn=sd.losses.classifier_loss,
+                                         progress=False, ckpt_dir=root / "mlp_classifier").fit(1).save()
     data = paths["moons"].read_bytes()
     paths["truncated"] = root / "truncated.pt"
     paths["truncated"].write_bytes(data[: len(data) // 2])
@@ -195,6 +200,8 @@ def test_bad_checkpoints_data_and_conditions_are_refused_in_one_line_before_any_
         # a classifier checkpoint, a truncated file
         _refused(capsys, [command, "--ckpt", ckpts["classifier"], "--data", "ring", *extra],
                  "--ckpt must be a checkpoint of a score model", "network _TimeMLP", "classifier")
+        _refused(capsys, [command, "--ckpt", ckpts["mlp_classifier"], "--data", "ring", *extra],
+                 "--ckpt must be a checkpoint of a score model", "kind classifier")
         _refused(capsys, [command, "--ckpt", ckpts["truncated"], "--data", "moons", *extra],
                  "truncated", "truncated.pt")
         # a data set of another shape, naming both; no data set for a model that is not of digits
@@ -231,3 +238,11 @@ def test_bad_checkpoints_data_and_conditions_are_refused_in_one_line_before_any_
     _refused(capsys, ["sample", "--ckpt", cond, "--guidance-scale", "2", *out],
              "--guidance-scale must be used with --label or --cond")
     _refused(capsys, ["sample", "--cond", str(tmp_path / "c3.npy"), *out], "--cond must be used with --ckpt")
+
+
+def test_a_classifier_checkpoint_loads_as_the_classifier_it_is(ckpts):
+    model = sd.load_model(ckpts["mlp_classifier"])
+    assert isinstance(model, sd.classifier.NoisyClassifier)
+    assert isinstance(sd.load_model(ckpts["moons"]), sd.ScoreModel)
+    assert not isinstance(sd.load_model(ckpts["moons"]), sd.classifier.NoisyClassifier)
+    assert model(torch.zeros(3, 2), 0.5).shape == (3, 2)

@@ -95,12 +95,12 @@ def score_checkpoint(path: Union[str, Path], name: str = "checkpoint") -> dict:
     state = load_checkpoint(path)
     model = state["config"]["model"]
     net, sde = model["net"], model["sde"]
-    if net["class"] not in NET_CLASSES or net["config"] is None or sde["class"] not in SDE_CLASSES \
-            or model["time_input"] == "<callable>":
+    if model.get("kind", "score") != "score" or net["class"] not in NET_CLASSES or net["config"] is None \
+            or sde["class"] not in SDE_CLASSES or model["time_input"] == "<callable>":
         raise _checks.ArgumentError(
             f"{name} must be a checkpoint of a score model scoresde builds (network {' or '.join(NET_CLASSES)}, "
             f"SDE one of {', '.join(SDE_CLASSES)}); got {str(path)!r}, a checkpoint of network {net['class']} "
-            f"under {sde['class']} (a classifier or custom model: restore it in Python with "
+            f"under {sde['class']}, kind {model.get('kind', 'score')} (a classifier or custom model: restore it in Python with "
             "Trainer.from_checkpoint(path, model=...))")
     return state
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import _checks
+from ..classifier import NoisyClassifier
 from ..model import PREDICTIONS, TIME_INPUTS, ScoreModel
 from ..nets import MLP, UNet
 from ..sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
@@ -65,7 +66,9 @@ _MAX_LEVELS, _MAX_MULT = 8, 64  # UNet channel_mults: at most 8 levels, each wid
 _MAX_DATA_DIMS, _MAX_DATA_SIZE = 8, 2**24
 _ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _RNG_KEYS, _MAX_RNG_BYTES = ("generator", "torch", "cuda"), 2**16
-_MODEL_KEYS = ("sde", "net", "prediction", "time_input", "sigma_data")
+_MODEL_KEYS = ("kind", "sde", "net", "prediction", "time_input", "sigma_data")
+#: what a checkpoint's model serves: a score (ScoreModel) or class logits (NoisyClassifier)
+MODEL_KINDS = {"score": ScoreModel, "classifier": NoisyClassifier}
 _BODY_KEYS = ("format", "version", "step", "data", "config", "optimizer")
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -86,9 +89,10 @@ def _sde_config(sde) -> Dict[str, Any]:
 
 
 def model_config(model: ScoreModel) -> Dict[str, Any]:
-    """What `build_model` needs to rebuild `model`: its SDE, network, prediction, time input."""
+    """What `build_model` needs to rebuild `model`: its kind, SDE, network, prediction, time input."""
     net_config = getattr(model.net, "config", None)
     return {
+        "kind": "classifier" if isinstance(model, NoisyClassifier) else "score",
         "sde": _sde_config(model.sde),
         "net": {"class": type(model.net).__name__, "config": dict(net_config) if isinstance(net_config, dict) else None},
         "prediction": model.prediction,
@@ -122,7 +126,10 @@ def _dict(name: str, value: Any, keys: Optional[Sequence[str]] = None, required:
 def _checked_model_config(config: Any) -> Dict[str, Any]:
     """`config` (as `model_config` writes it) checked against the allow-lists and bounds; raises
     ArgumentError naming the offending field. Unknown classes pass (they cannot be built)."""
+    if isinstance(config, dict) and "kind" not in config:  # written before kinds were recorded
+        config = {"kind": "score", **config}
     config = _dict("model", config, _MODEL_KEYS)
+    _checks.choice("model.kind", config["kind"], MODEL_KINDS)
     sde = _dict("model.sde", config["sde"], ("class", "params"))
     net = _dict("model.net", config["net"], ("class", "config"))
     if not isinstance(sde["class"], str):
@@ -169,6 +176,8 @@ def _construct(config: Dict[str, Any], meta: bool = False) -> ScoreModel:
             net = net_cls(**config["net"]["config"])
     except (ValueError, TypeError) as err:
         raise _checks.ArgumentError(f"model.net.config: {err}") from err
+    if config["kind"] == "classifier":
+        return NoisyClassifier(net, sde, time_input=config["time_input"])
     return ScoreModel(net, sde, prediction=config["prediction"], time_input=config["time_input"],
                       sigma_data=config["sigma_data"])
 
@@ -505,7 +514,8 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 def load_model(path: Union[str, os.PathLike], weights: str = "ema", device: Union[str, torch.device, None] = None,
                dtype: Optional[torch.dtype] = None) -> ScoreModel:
-    """The trained ScoreModel of the Trainer checkpoint at `path`, in eval mode.
+    """The trained ScoreModel of the Trainer checkpoint at `path`, in eval mode (a
+    `NoisyClassifier` for a checkpoint of one, its `kind` "classifier").
 
     Args:
         path: a checkpoint file written by `Trainer` (built-in SDEs and networks only).
