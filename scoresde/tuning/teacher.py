@@ -16,7 +16,7 @@ from .. import _checks, _dist
 from ..model import ScoreModel
 from ..schedules import validate
 from ..solvers import REFERENCE_OPTIONS, NonFiniteError, reference_solve
-from ..solvers.backends import TORCHDIFFEQ_ADAPTIVE
+from ..solvers.backends import TORCHDIFFEQ_ADAPTIVE, odeint_in_range
 from ..solvers.ode import pf_velocity
 from .tuned import model_fingerprint
 
@@ -119,22 +119,10 @@ def _solve(model: ScoreModel, x: torch.Tensor, times: torch.Tensor, options: Map
     """(len(times), b, ...) states of one batch from one adaptive solve."""
     if len(times) == 2:  # the terminal state only: exactly reference_solve
         return torch.stack([x, reference_solve(model, x, float(times[-1]), dict(options)).x])
-    import torchdiffeq
-
-    # odeint_in_range's guards (first step, no step past the end, time clamped into the range),
-    # with every output time a step end (step_t), so no output is an interpolation (torchdiffeq's
-    # dopri8 interpolant is ~1e-6 off at 1e-10 tolerance). TODO: odeint_in_range(times=...)
-    lo, hi = float(times[-1]), float(times[0])
-    t = times.to(device=x.device)
-    extra = dict(options.get("options") or {})
-    extra.setdefault("first_step", 1e-3 * (hi - lo))
-    extra.setdefault("step_t", t)
-
-    def velocity(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pf_velocity(model, y, float(s.to(torch.float64).clamp(lo, hi)))
-
-    states = torchdiffeq.odeint(velocity, x, t, method=options.get("method", "dopri5"), rtol=options.get("rtol", 1e-5),
-                                atol=options.get("atol", 1e-5), options=extra)
+    hi, lo = float(times[0]), float(times[-1])
+    states = odeint_in_range(lambda s, y: pf_velocity(model, y, s), x, (hi, lo), times=times,
+                             method=options.get("method", "dopri5"), rtol=options.get("rtol", 1e-5),
+                             atol=options.get("atol", 1e-5), options=options.get("options"))
     if not bool(torch.isfinite(states).all()):
         raise NonFiniteError(f"the teacher's solve from t={hi:.6g} to t={lo:.6g} turned non-finite")
     return states
