@@ -8,12 +8,11 @@ whether those features separate digits at all.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from ..metrics import frechet_distance
+from ..plots import image_grid
 
 __all__ = ["DigitClassifier", "train_digit_classifier", "classifier_accuracy", "classifier_frechet", "image_grid"]
 
@@ -82,20 +81,3 @@ def classifier_frechet(net: DigitClassifier, x: torch.Tensor, y: torch.Tensor) -
         return net.features(images.clamp(-1, 1).float()).double()
 
     return float(frechet_distance(x, y, features=features, batch_size=1000))
-
-
-def image_grid(x: torch.Tensor, nrow: Optional[int] = None, pad: int = 1, pad_value: float = 1.0) -> torch.Tensor:
-    """Tile single-channel images x (N, 1, H, W) into one (rows (H + pad) + pad, nrow (W + pad)
-    + pad) tensor, nrow images per row (default ceil(sqrt(N))), separated by `pad_value`."""
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"x must have shape (N, 1, H, W); got {tuple(x.shape)}")
-    n, _, h, w = x.shape
-    nrow = nrow or max(1, int(torch.tensor(float(n)).sqrt().ceil()))
-    rows = -(-n // nrow)
-    grid = x.new_full((rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top:top + h, left:left + w] = x[i, 0]
-    return grid
-

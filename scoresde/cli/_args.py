@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -200,35 +200,3 @@ def schedule_file(path: str):
         return OptimizedSchedule.load(path)
     except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, or fields of the wrong types
         raise refuse("--schedule-file", accepted, path, f"{type(err).__name__}: {err}") from None
-
-
-def picture(path: Path, *panels: Tuple[torch.Tensor, str]) -> None:
-    """(samples, title) panels side by side in one PNG: an image grid for (N, 1, H, W), a
-    histogram for 1-D data, else a scatter of the first two coordinates."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("scoresde sample draws its PNG with matplotlib: pip install 'scoresde[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = panels[0][0].ndim == 4 and panels[0][0].shape[1] == 1
-    dims = panels[0][0][0].numel()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5 if images else 4.2), squeeze=False,
-                             sharex=True, sharey=dims > 1)
-    for ax, (x, title) in zip(axes[0], panels):
-        if images:
-            from ..bench.digits import image_grid
-
-            ax.imshow(image_grid(x[:100].clamp(-1, 1), pad_value=1.0).numpy(), cmap="gray_r", vmin=-1, vmax=1)
-            ax.axis("off")
-        elif dims == 1:
-            ax.hist(x.reshape(len(x)).numpy(), bins=80, density=True)
-        else:
-            flat = x.reshape(len(x), -1)
-            ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=2, alpha=0.5)
-            ax.set_aspect("equal", adjustable="box")
-        ax.set_title(title + ("" if images or dims <= 2 else " (first 2 coordinates)"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

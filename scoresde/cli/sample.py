@@ -8,7 +8,8 @@ import torch
 
 from .. import _checks
 from ..sde import SDES, by_name
-from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, picture, refuse
+from ..plots import picture
+from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, refuse
 
 
 def add(command) -> None:

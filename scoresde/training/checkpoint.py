@@ -309,6 +309,19 @@ def remove_leftovers(path: Union[str, os.PathLike]) -> List[Path]:
     return removed
 
 
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file's bytes with its metadata entries in sorted order: safetensors writes
+    them in hash-map order, which differs between processes, so one state would otherwise give
+    files that differ in their header (the same length either way: only the order changes)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # another serializer's escaping: keep the file as written
+        return data
+    return data[:8] + text.ljust(size) + data[8 + size:]
+
+
 def write_atomic(state: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
     """Write the checkpoint `state` (from `seal`) to a temporary file beside `path`, fsync, then
     os.replace: `path` is always either the previous checkpoint or the complete new one.
@@ -323,7 +336,7 @@ def write_atomic(state: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
     sha = _digest(text, tensors)
     if state.get("digest", sha) != sha:
         raise ValueError("the checkpoint state was changed after seal(): its digest no longer matches")
-    data = to_bytes(tensors, metadata={"scoresde": text, "digest": sha})
+    data = _sorted_metadata(to_bytes(tensors, metadata={"scoresde": text, "digest": sha}))
     remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -104,6 +104,10 @@ class Trainer:
         sample_every, sample_fn: call `sample_fn(ema_model, step)` every `sample_every` steps
             (0: never); the results are kept in `sample_log` as (step, result). The global RNG
             is forked around the call, so callbacks never change the training trajectory.
+        step_fn: called as step_fn(trainer) after every optimizer step (rank 0, the RNG forked
+            around it), e.g. to log `trainer.loss_history` (on an accelerator its newest
+            entries arrive every 25 steps, without a host sync per step). Not stored in
+            checkpoints: pass it again on resume.
         bf16: bfloat16 autocast of the forward pass (CUDA only).
         device: training device; None: where the model's parameters are.
         progress: show a tqdm bar with the loss (rank 0 only).
@@ -144,6 +148,7 @@ class Trainer:
         ckpt_every: int = 1000,
         sample_every: int = 0,
         sample_fn: Optional[Callable[[ScoreModel, int], Any]] = None,
+        step_fn: Optional[Callable[["Trainer"], None]] = None,
         bf16: bool = False,
         device: Union[str, torch.device, None] = None,
         progress: bool = True,
@@ -180,6 +185,8 @@ class Trainer:
         sample_every = _checks.integer("sample_every", sample_every, low=0)
         if sample_fn is not None and not callable(sample_fn):
             raise _checks.fail("sample_fn", "None or a callable sample_fn(ema_model, step)", sample_fn)
+        if step_fn is not None and not callable(step_fn):
+            raise _checks.fail("step_fn", "None or a callable step_fn(trainer)", step_fn)
         if sample_every and sample_fn is None:
             raise ValueError("sample_every > 0 needs a callable sample_fn(ema_model, step)")
         if loss_fn is not None and not callable(loss_fn):
@@ -205,6 +212,7 @@ class Trainer:
         )
         self.num_classes = net_classes
         self.sample_fn = sample_fn
+        self.step_fn = step_fn
         self.device = device
         self.progress = progress
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
@@ -363,6 +371,9 @@ class Trainer:
                 bar.update(1)
                 if self.loss_history:
                     bar.set_postfix(loss=f"{self.loss_history[-1]:.4g}", lr=f"{self._lr(self.step - 1):.2g}", refresh=False)
+                if self.step_fn is not None and self.rank == 0:
+                    with self._forked_rng():
+                        self.step_fn(self)
                 if opts["sample_every"] and self.step % opts["sample_every"] == 0 and self.rank == 0:
                     self._run_sample_fn()
                 if self.ckpt_dir is not None and self.step % opts["ckpt_every"] == 0:
@@ -374,9 +385,13 @@ class Trainer:
             bar.close()
         return self
 
+    def _forked_rng(self):
+        """The global RNG (and this device's) restored after the block: callbacks never change
+        the training trajectory."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def _run_sample_fn(self) -> None:
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with self._forked_rng(), torch.no_grad():
             self.sample_log.append((self.step, self.sample_fn(self.ema_model, self.step)))
 
     # ---- checkpoints ------------------------------------------------------------------------
