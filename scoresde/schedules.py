@@ -99,9 +99,11 @@ SCHEDULES = {"uniform": uniform, "quadratic": quadratic, "logsnr": logsnr, "karr
 
 
 def validate(sde: SDE, ts: Union[Sequence[float], torch.Tensor]) -> torch.Tensor:
-    """A user-given grid as a float64 tensor, after checking it is 1-D, has >= 2 finite
-    entries, decreases strictly and lies in (0, T]."""
+    """A user-given grid as a float64 CPU tensor, after checking it is 1-D, has >= 2 finite
+    entries, decreases strictly and lies in (0, T]. A tensor that requires grad keeps its
+    autograd graph (a grid being learned through the solver)."""
     accepted = f"a 1-D list of at least 2 times, strictly decreasing, in (0, T] = (0, {sde.T:g}]"
+    given = ts
     ts = _checks.numbers_tensor("schedule", ts, accepted)
     if ts.ndim != 1 or ts.numel() < 2:
         raise _checks.fail("schedule", accepted, f"shape {tuple(ts.shape)}")
@@ -113,6 +115,8 @@ def validate(sde: SDE, ts: Union[Sequence[float], torch.Tensor]) -> torch.Tensor
                            f"times {k} and {k + 1}: {float(ts[k]):g}, {float(ts[k + 1]):g}")
     if float(ts[-1]) <= 0 or float(ts[0]) > sde.T:
         raise _checks.fail("schedule", accepted, f"times in [{float(ts[-1]):g}, {float(ts[0]):g}]")
+    if isinstance(given, torch.Tensor) and given.requires_grad:
+        return given.to(device="cpu", dtype=torch.float64)
     return ts
 
 

@@ -1,6 +1,12 @@
 """What every solver loop shares: the grid's coefficients (`Grid`), the multistep history
 (`History`, `multistep_order`), the noise of SDE solvers (`Noise`) and the per-step bookkeeping (`Loop`: the state hook, finite
-check, user callback, trajectory, progress bar)."""
+check, user callback, trajectory, progress bar).
+
+Step coefficients are Python floats, or 0-d float64 tensors when the grid's times require
+grad (a grid being learned through the solver): `expm1`, `exp`, `log` and `sqrt` here take
+either, so one solver body serves both and autograd reaches the times. On tensors they return
+the float functions' values exactly (`with_value`), so the differentiable path computes the same
+numbers as the fast one, bit for bit."""
 from __future__ import annotations
 
 import math
@@ -12,7 +18,39 @@ import torch
 from ..sde import SDE
 
 __all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "Noise", "NoiseFn",
-           "RowGenerators", "LOWER_ORDER_FINAL_BELOW", "EvalWatch"]
+           "RowGenerators", "LOWER_ORDER_FINAL_BELOW", "EvalWatch", "Scalar", "expm1", "exp", "log", "sqrt",
+           "with_value", "as_float", "differentiable"]
+
+#: a step coefficient: a Python float, or a 0-d float64 tensor on a differentiable grid
+Scalar = Union[float, torch.Tensor]
+
+
+def with_value(y: torch.Tensor, value: float) -> torch.Tensor:
+    """y's graph (its derivatives) carrying exactly `value`, a float computation of the same
+    quantity (torch's and libm's functions may differ in the last bit): y + (value - y) with
+    the difference exact, as the two are within a factor 2 of each other."""
+    return y + (value - y.detach())
+
+
+def as_float(v: Scalar) -> float:
+    """The value of a coefficient as a Python float (a tensor's without its graph)."""
+    return float(v.detach()) if isinstance(v, torch.Tensor) else v
+
+
+def expm1(v: Scalar) -> Scalar:
+    return with_value(torch.expm1(v), math.expm1(as_float(v))) if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
+def exp(v: Scalar) -> Scalar:
+    return with_value(torch.exp(v), math.exp(as_float(v))) if isinstance(v, torch.Tensor) else math.exp(v)
+
+
+def log(v: Scalar) -> Scalar:
+    return with_value(torch.log(v), math.log(as_float(v))) if isinstance(v, torch.Tensor) else math.log(v)
+
+
+def sqrt(v: Scalar) -> Scalar:
+    return torch.sqrt(v) if isinstance(v, torch.Tensor) else math.sqrt(v)  # both correctly rounded
 
 
 class NonFiniteError(RuntimeError):
@@ -20,38 +58,69 @@ class NonFiniteError(RuntimeError):
     and the time where it first appeared."""
 
 
+def differentiable(ts: torch.Tensor) -> bool:
+    """Whether a grid of times `ts` is to be differentiated through: it requires grad and grad
+    mode is on. Otherwise the loop runs on Python floats, as fast as ever."""
+    return ts.requires_grad and torch.is_grad_enabled()
+
+
 @dataclass
 class Grid:
     """Everything a step needs at each grid time, as Python floats in float64 (so step
     coefficients cost no device work and keep full precision in float32 runs): t, and for an
     affine SDE alpha, sigma, lam = log(alpha/sigma) and sigma_hat = sigma/alpha = e^{-lam}, the
-    noise level of y = x/alpha. `at_lambda` gives the same at an intermediate log-SNR."""
+    noise level of y = x/alpha. `at_lambda` gives the same at an intermediate log-SNR.
+
+    On a differentiable grid (`differentiable(ts)`) every entry is instead a 0-d float64 tensor
+    computed from `ts` by the SDE's tensor methods, so autograd reaches the times; the values
+    are the same."""
 
     sde: SDE
-    t: List[float]
-    alpha: List[float] = field(default_factory=list)
-    sigma: List[float] = field(default_factory=list)
-    lam: List[float] = field(default_factory=list)
-    sigma_hat: List[float] = field(default_factory=list)
+    t: List[Scalar]
+    alpha: List[Scalar] = field(default_factory=list)
+    sigma: List[Scalar] = field(default_factory=list)
+    lam: List[Scalar] = field(default_factory=list)
+    sigma_hat: List[Scalar] = field(default_factory=list)
 
     @classmethod
-    def of(cls, sde: SDE, ts: torch.Tensor) -> "Grid":
+    def of(cls, sde: SDE, ts: torch.Tensor, grad: Optional[bool] = None) -> "Grid":
+        """The grid of `ts`; with `grad` (default `differentiable(ts)`) as tensors in ts's graph."""
+        if grad is None:
+            grad = differentiable(ts)
+        if grad:
+            ts = ts.to(torch.float64)
+            if not sde.is_affine:
+                return cls(sde, list(ts.unbind()))
+            lam = list(sde.log_snr(ts).unbind())
+            return cls(sde, list(ts.unbind()), list(sde.alpha(ts).unbind()), list(sde.sigma(ts).unbind()), lam,
+                       [exp(-v) for v in lam])
         if not sde.is_affine:
             return cls(sde, ts.tolist())
         lam = sde.log_snr(ts).tolist()
         return cls(sde, ts.tolist(), sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), lam,
                    [math.exp(-v) for v in lam])
 
-    def h(self, i: int) -> float:
+    def h(self, i: int) -> Scalar:
         """The log-SNR step lam_{i+1} - lam_i (> 0)."""
         return self.lam[i + 1] - self.lam[i]
 
-    def at_lambda(self, lam: float) -> Tuple[float, float, float]:
-        """(t, alpha, sigma) at log-SNR `lam` between grid points."""
-        t = self.sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
-        return float(t), float(self.sde.alpha(t)), float(self.sde.sigma(t))
+    def at_lambda(self, lam: Scalar) -> Tuple[Scalar, Scalar, Scalar]:
+        """(t, alpha, sigma) at log-SNR `lam` between grid points: floats for a float `lam`,
+        0-d tensors in its graph for a tensor."""
+        if not isinstance(lam, torch.Tensor):
+            t = self.sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
+            return float(t), float(self.sde.alpha(t)), float(self.sde.sigma(t))
+        t = self.sde.t_of_log_snr(lam)
+        if lam.requires_grad and not t.requires_grad:
+            # an inverse without a graph (the bisection of AffineSDE): attach dt/dlam =
+            # 1 / lambda'(t) by the implicit function theorem; the value stays t exactly
+            with torch.enable_grad():
+                probe = t.detach().requires_grad_(True)
+                (dlam_dt,) = torch.autograd.grad(self.sde.log_snr(probe), probe)
+            t = t + (lam - lam.detach()) / dlam_dt
+        return t, self.sde.alpha(t), self.sde.sigma(t)
 
-    def transition(self, i: int) -> Tuple[float, float]:
+    def transition(self, i: int) -> Tuple[Scalar, Scalar]:
         """The forward transition x_{t_i} | x_{t_{i+1}} = a x_{t_{i+1}} + sqrt(b) z between
         neighbouring grid times (t_{i+1} < t_i): (a, b)."""
         a = self.alpha[i] / self.alpha[i + 1]
@@ -142,8 +211,9 @@ class Noise:
 
 
 #: hook(x, t, last) -> x: the state after a step with part of it changed (e.g. inpainting's
-#: known region), t the time reached, last whether it is the final state
-StateHook = Callable[[torch.Tensor, float, bool], torch.Tensor]
+#: known region), t the time reached (a 0-d tensor on a differentiable grid), last whether it is
+#: the final state
+StateHook = Callable[[torch.Tensor, Scalar, bool], torch.Tensor]
 
 
 class Loop:
@@ -154,6 +224,11 @@ class Loop:
     with state_hook(x, t_{i+1}, last step?), so the solver continues from the modified state
     without knowing about it; `start` returns a modified copy of the initial state (the caller's
     tensor is never written).
+
+    When `ts` requires grad and grad mode is on at construction (`differentiable`), `steps`,
+    `times` and the grid give 0-d float64 tensors in ts's graph instead of Python floats, so a
+    loss of the result can be differentiated with respect to the times; the state hook then sees
+    tensor times too (the callback and messages always see floats).
     """
 
     def __init__(
@@ -169,6 +244,9 @@ class Loop:
         self.ts = ts
         self.sde = sde
         self._t = ts.tolist()
+        self.grad = differentiable(ts)
+        #: the grid's times as the solver sees them: Python floats, or 0-d tensors in ts's graph
+        self.times: List[Scalar] = list(ts.to(torch.float64).unbind()) if self.grad else self._t
         self._grid: Optional[Grid] = None
         #: check for non-finite states at the end instead of after every step (default: on
         #: accelerators, where a per-step check is a host-device synchronization)
@@ -191,7 +269,7 @@ class Loop:
         if self._grid is None:
             if self.sde is None:
                 raise ValueError("this Loop was built without an sde; pass Loop(ts, sde=...) to use its grid")
-            self._grid = Grid.of(self.sde, self.ts)
+            self._grid = Grid.of(self.sde, self.ts, self.grad)
         return self._grid
 
     @property
@@ -202,16 +280,17 @@ class Loop:
         """Whether step i is the final step of the grid."""
         return i == len(self._t) - 2
 
-    def steps(self) -> Iterator[Tuple[int, float, float]]:
-        """(i, t_i, t_{i+1}) for each step, times as Python floats."""
-        t = self._t
+    def steps(self) -> Iterator[Tuple[int, Scalar, Scalar]]:
+        """(i, t_i, t_{i+1}) for each step, times as Python floats (0-d tensors on a
+        differentiable grid)."""
+        t = self.times
         for i in range(len(t) - 1):
             yield i, t[i], t[i + 1]
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
         """The initial state (modified, as a new tensor, when the loop has a state hook)."""
         if self.state_hook is not None:
-            x = self.state_hook(x, self._t[0], False)
+            x = self.state_hook(x, self.times[0], False)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())
         return x
@@ -221,7 +300,7 @@ class Loop:
         non-finite values, record, call back."""
         t = self._t[i + 1]
         if self.state_hook is not None:
-            x.copy_(self.state_hook(x, t, self.is_last(i)))
+            x.copy_(self.state_hook(x, self.times[i + 1], self.is_last(i)))
         self._check_finite(i, x)
         if self.trajectory is not None:
             self.trajectory.append(x.detach().clone())

@@ -9,15 +9,14 @@ number of evaluations one step combines (the newest included).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
 
 from .. import _checks
 from ..model import ScoreModel
-from ._loop import Grid, History, Loop, multistep_order
+from ._loop import Grid, History, Loop, Scalar, as_float, expm1, multistep_order, with_value
 from .registry import register
 
 __all__ = [
@@ -40,7 +39,7 @@ def ddim(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop) -> to
 def ddim_update(g: Grid, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
     """One DDIM step from g.t[i] to g.t[i+1] given the data prediction at g.t[i]: the first-order
     term every data-prediction solver here starts from (and `scoresde.interop` steps with)."""
-    return (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * math.expm1(-g.h(i))) * x0_pred
+    return (g.sigma[i + 1] / g.sigma[i]) * x - (g.alpha[i + 1] * expm1(-g.h(i))) * x0_pred
 
 
 @register("dpm-solver-2", kind="ode", order=2, evals_per_step=2, affine=True, description="single-step DPM-Solver-2")
@@ -51,9 +50,9 @@ def dpm_solver_2(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
         h = g.h(i)
         s1, alpha_s1, sigma_s1 = g.at_lambda(g.lam[i] + r1 * h)
         eps_s = model.eps(x, t)
-        u = (alpha_s1 / g.alpha[i]) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
+        u = (alpha_s1 / g.alpha[i]) * x - (sigma_s1 * expm1(r1 * h)) * eps_s
         eps_s1 = model.eps(u, s1)
-        phi = g.sigma[i + 1] * math.expm1(h)
+        phi = g.sigma[i + 1] * expm1(h)
         x = (g.alpha[i + 1] / g.alpha[i]) * x - phi * eps_s - (phi / (2 * r1)) * (eps_s1 - eps_s)
         loop.done(i, x)
     return x
@@ -69,15 +68,15 @@ def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
         s1, a_s1, sigma_s1 = g.at_lambda(g.lam[i] + r1 * h)
         s2, a_s2, sigma_s2 = g.at_lambda(g.lam[i] + r2 * h)
         eps_s = model.eps(x, t)
-        u1 = (a_s1 / a_s) * x - (sigma_s1 * math.expm1(r1 * h)) * eps_s
+        u1 = (a_s1 / a_s) * x - (sigma_s1 * expm1(r1 * h)) * eps_s
         d1 = model.eps(u1, s1) - eps_s
         u2 = (
             (a_s2 / a_s) * x
-            - (sigma_s2 * math.expm1(r2 * h)) * eps_s
-            - (sigma_s2 * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1)) * d1
+            - (sigma_s2 * expm1(r2 * h)) * eps_s
+            - (sigma_s2 * r2 / r1 * (expm1(r2 * h) / (r2 * h) - 1)) * d1
         )
         d2 = model.eps(u2, s2) - eps_s
-        x = (a_t / a_s) * x - (sigma_t * math.expm1(h)) * eps_s - (sigma_t / r2 * (math.expm1(h) / h - 1)) * d2
+        x = (a_t / a_s) * x - (sigma_t * expm1(h)) * eps_s - (sigma_t / r2 * (expm1(h) / h - 1)) * d2
         loop.done(i, x)
     return x
 
@@ -106,7 +105,7 @@ def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int)
     x0_hist, lam = x0s.values, x0s.lam
     x0_pred = x0_hist[-1]
     h = g.h(i)
-    phi_1 = math.expm1(-h)
+    phi_1 = expm1(-h)
     a_t = g.alpha[i + 1]
     x_next = ddim_update(g, i, x, x0_pred)
     if p >= 2:
@@ -127,25 +126,37 @@ def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int)
     return x_next
 
 
-def _unipc_coefficients(rks: List[float], h: float, variant: str):
+def _unipc_coefficients(rks: List[Scalar], h: Scalar, variant: str):
     """UniPC's B(h), predictor weights rhos_p (p-1 of them) and corrector weights rhos_c (p),
     for data prediction; rks are (lambda_prev_k - lambda_prev_0)/h of earlier points."""
     hh = -h
-    b_h = hh if variant == "bh1" else math.expm1(hh)
-    r = np.array(rks + [1.0])
-    p = len(r)
-    h_phi_k = math.expm1(hh) / hh - 1
+    b_h = hh if variant == "bh1" else expm1(hh)
+    p = len(rks) + 1
+    h_phi_k = expm1(hh) / hh - 1
     factorial = 1
-    big_r, b = [], []
+    b = []
     for k in range(1, p + 1):
-        big_r.append(r ** (k - 1))
         b.append(h_phi_k * factorial / b_h)
         factorial *= k + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    big_r, b = np.stack(big_r), np.array(b)
-    rhos_p = np.array([0.5]) if p == 2 else (np.linalg.solve(big_r[:-1, :-1], b[:-1]) if p > 2 else np.zeros(0))
-    rhos_c = np.array([0.5]) if p == 1 else np.linalg.solve(big_r, b)
-    return b_h, rhos_p.tolist(), rhos_c.tolist()
+    rhos_p = [0.5] if p == 2 else (_solve_vandermonde(rks, b[:-1]) if p > 2 else [])
+    rhos_c = [0.5] if p == 1 else _solve_vandermonde(rks + [1.0], b)
+    return b_h, rhos_p, rhos_c
+
+
+def _solve_vandermonde(r: Sequence[Scalar], b: Sequence[Scalar]) -> List[Scalar]:
+    """rho with sum_j r_j^k rho_j = b_k, k = 0..len(r)-1, by numpy; when any entry is a tensor,
+    also by torch in float64 for the derivatives."""
+    tensors = any(isinstance(v, torch.Tensor) for v in (*r, *b))
+    r_np, b_np = (np.array([as_float(v) for v in r]), np.array([as_float(v) for v in b])) if tensors else (
+        np.array(r), np.array(b))
+    rho = np.linalg.solve(np.stack([r_np**k for k in range(len(r))]), b_np)
+    if not tensors:
+        return rho.tolist()
+    r_t = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in r])
+    b_t = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in b])
+    rho_t = torch.linalg.solve(torch.stack([r_t**k for k in range(len(r))]), b_t)
+    return [with_value(y, v) for y, v in zip(rho_t.unbind(), rho.tolist())]
 
 
 @register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, description="UniPC (UniP-p + UniC), bh1/bh2")
@@ -214,17 +225,34 @@ def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, h
     return _sigma_hat_multistep(model, x, loop, history, weights)
 
 
-def _lagrange_integrals(nodes: List[float], lo: float, hi: float) -> List[float]:
-    """int_lo^hi l_j(s) ds for the Lagrange basis polynomials l_j on `nodes`."""
+def _lagrange_integrals(nodes: List[Scalar], lo: Scalar, hi: Scalar) -> List[Scalar]:
+    """int_lo^hi l_j(s) ds for the Lagrange basis polynomials l_j on `nodes`, by numpy; when
+    any entry is a tensor, also by the same expansion in tensor arithmetic for the derivatives."""
     if len(nodes) == 1:
         return [hi - lo]
+    tensors = any(isinstance(v, torch.Tensor) for v in (*nodes, lo, hi))
+    values, lo_f, hi_f = ([as_float(n) for n in nodes], as_float(lo), as_float(hi)) if tensors else (nodes, lo, hi)
     out = []
-    for j, node in enumerate(nodes):
-        others = [n for k, n in enumerate(nodes) if k != j]
+    for j, node in enumerate(values):
+        others = [n for k, n in enumerate(values) if k != j]
         basis = np.polynomial.Polynomial.fromroots(others) / np.prod([node - n for n in others])
         antiderivative = basis.integ()
-        out.append(float(antiderivative(hi) - antiderivative(lo)))
-    return out
+        out.append(float(antiderivative(hi_f) - antiderivative(lo_f)))
+    if not tensors:
+        return out
+    return [with_value(_lagrange_integral(nodes, j, lo, hi), v) for j, v in enumerate(out)]
+
+
+def _lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) -> Scalar:
+    """int_lo^hi l_j(s) ds in scalar arithmetic (differentiable): the coefficients of
+    prod_{k != j} (s - nodes_k) integrated term by term, over prod_{k != j} (nodes_j - nodes_k)."""
+    coef, denom = [1.0], 1.0  # ascending powers
+    for k, root in enumerate(nodes):
+        if k != j:
+            coef = [(coef[m - 1] if m else 0.0) - (root * coef[m] if m < len(coef) else 0.0)
+                    for m in range(len(coef) + 1)]
+            denom = denom * (nodes[j] - root)
+    return sum(c * (hi ** (m + 1) - lo ** (m + 1)) / (m + 1) for m, c in enumerate(coef)) / denom
 
 
 @register("deis", kind="ode", order=3, evals_per_step=1, affine=True, description="rho-AB-DEIS (variable-step AB)")

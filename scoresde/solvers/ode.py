@@ -7,12 +7,12 @@ import torch
 
 from ..model import ScoreModel
 from .registry import register
-from ._loop import Loop
+from ._loop import Loop, Scalar
 
 __all__ = ["pf_velocity", "euler", "heun", "midpoint", "rk4"]
 
 
-def pf_velocity(model: ScoreModel, x: torch.Tensor, t: float) -> torch.Tensor:
+def pf_velocity(model: ScoreModel, x: torch.Tensor, t: Scalar) -> torch.Tensor:
     """dx/dt of the probability-flow ODE: one network evaluation."""
     return model.sde.reverse(model.score, probability_flow=True).drift(x, t)
 

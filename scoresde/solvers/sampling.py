@@ -87,7 +87,9 @@ def sample(
         denoise: finish with one extra evaluation returning the posterior mean E[x0 | x_t_end]
             (Tweedie); it is counted in nfe.
         callback: called after every step with {'i', 't', 'x', 'x0_pred'}.
-        enable_grad: keep the autograd graph (e.g. to optimize a schedule); off by default.
+        enable_grad: keep the autograd graph; off by default. With a schedule tensor that
+            requires grad, every fixed-step solver computes its coefficients from it, so a loss
+            of `x` can be differentiated with respect to the times (to learn a grid).
         state_hook: hook(x, t, last) -> x, applied to the state after every step (and to x_T);
             any solver that steps on the grid itself (SolverInfo.step_hook).
         inpaint: (known (B, *shape), mask (bool, (B, *shape) or (*shape), True = known)):
@@ -159,11 +161,12 @@ def sample(
     options = {**info.defaults, **solver_options}
     if info.kind == "sde":
         options["generator"] = generator
-    loop = Loop(ts, sde, callback=callback, progress=progress, record=return_trajectory, desc=info.name,
-                state_hook=state_hook)
     nfe_start = model.nfe
-    start = time.perf_counter()
     with torch.set_grad_enabled(enable_grad), _rows_apart(model, isinstance(generator, RowGenerators)):
+        # built under the grad mode: a grid that requires grad then reaches the solver as tensors
+        loop = Loop(ts, sde, callback=callback, progress=progress, record=return_trajectory, desc=info.name,
+                    state_hook=state_hook)
+        start = time.perf_counter()
         x = loop.start(x)
         try:
             if isinstance(generator, RowGenerators) and info.adaptive:
@@ -174,12 +177,12 @@ def sample(
         finally:
             loop.close()
         if denoise:
-            x = model.x0(x, float(ts[-1]))
+            x = model.x0(x, loop.times[-1])
             if not bool(torch.isfinite(x).all()):  # one host read, after the solve
                 raise NonFiniteError(f"non-finite values from the final denoising evaluation (denoise=True) at "
                                      f"t={float(ts[-1]):.6g}")
             if state_hook is not None:
-                x = state_hook(x, float(ts[-1]), True)
+                x = state_hook(x, loop.times[-1], True)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # wall time of the work, not of its launch
     seconds = time.perf_counter() - start

@@ -16,7 +16,7 @@ import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
-from ._loop import Grid, History, Noise, NoiseFn, RowGenerators, multistep_order
+from ._loop import Grid, History, Noise, NoiseFn, RowGenerators, Scalar, exp, expm1, log, multistep_order, sqrt
 from .registry import register
 
 __all__ = ["euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "pc", "sde_heun", "edm_sde",
@@ -27,7 +27,7 @@ __all__ = ["euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "p
 def euler_maruyama_step(model, x, g: Grid, i: int, draw) -> Tuple[torch.Tensor, torch.Tensor]:
     t, dt = g.t[i], g.t[i] - g.t[i + 1]
     x_mean = x - dt * model.sde.reverse(model.score).drift(x, t)
-    return x_mean + model.sde.diffusion(x, t) * math.sqrt(dt) * draw(x), x_mean
+    return x_mean + model.sde.diffusion(x, t) * sqrt(dt) * draw(x), x_mean
 
 
 def reverse_diffusion_step(model, x, g: Grid, i: int, draw) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ def reverse_diffusion_step(model, x, g: Grid, i: int, draw) -> Tuple[torch.Tenso
     # here the exact affine transition between grid times: f_s = (a - 1) x, G_s^2 = b
     a, b = g.transition(i)
     x_mean = x - (a - 1) * x + b * model.score(x, g.t[i])
-    return x_mean + math.sqrt(b) * draw(x), x_mean
+    return x_mean + sqrt(b) * draw(x), x_mean
 
 
 def ancestral_step(model, x, g: Grid, i: int, draw) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +46,7 @@ def ancestral_step(model, x, g: Grid, i: int, draw) -> Tuple[torch.Tensor, torch
     var_t = a**2 * var_s + b
     x0_pred = model.x0(x, g.t[i])
     x_mean = (alpha_s * b / var_t) * x0_pred + (a * var_s / var_t) * x
-    return x_mean + math.sqrt(var_s * b / var_t) * draw(x), x_mean
+    return x_mean + sqrt(var_s * b / var_t) * draw(x), x_mean
 
 
 #: predictor name -> (step, needs an affine SDE); "none" runs the corrector alone
@@ -57,7 +57,7 @@ _PREDICTOR_ALIASES = {"euler_maruyama": "euler-maruyama", "reverse_diffusion": "
 
 # ---- Langevin correctors --------------------------------------------------------------------
 def langevin_step_size(grad: torch.Tensor, z: torch.Tensor, snr: float, kind: str, per_sample: bool,
-                       retention: float = 1.0, sigma: Optional[float] = None) -> torch.Tensor:
+                       retention: Scalar = 1.0, sigma: Optional[Scalar] = None) -> torch.Tensor:
     """Song et al. 2021, Algorithm 4-5: eps = 2 a (snr ||z|| / ||grad||)^2 ('langevin'), or
     annealed Langevin's eps = 2 a (snr sigma_t)^2 ('ald'), with a = `retention` =
     alpha_{t_next}^2/alpha_t^2 the one-step signal retention (1 - beta_i for VP, 1 for VE) and
@@ -66,6 +66,8 @@ def langevin_step_size(grad: torch.Tensor, z: torch.Tensor, snr: float, kind: st
     a = retention
     if kind == "ald":
         eps = 2 * a * (snr * sigma) ** 2
+        if isinstance(eps, torch.Tensor):  # on a differentiable grid
+            return eps.to(dtype=grad.dtype, device=grad.device).expand(grad.shape[0])
         return torch.full((grad.shape[0],), eps, dtype=grad.dtype, device=grad.device)
     grad_norm = grad.reshape(grad.shape[0], -1).norm(dim=1)
     noise_norm = z.reshape(z.shape[0], -1).norm(dim=1)
@@ -129,7 +131,7 @@ def sde_heun(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] 
     draw, reverse = Noise(generator, noise_fn), model.sde.reverse(model.score)
     for i, t, t_next in loop.steps():
         dt = t - t_next
-        z = draw(x) * math.sqrt(dt)
+        z = draw(x) * sqrt(dt)
         d = reverse.drift(x, t)
         x_euler = x - dt * d + reverse.diffusion(x, t) * z
         d_next = reverse.drift(x_euler, t_next)
@@ -160,8 +162,8 @@ def edm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
         s_up = min(s_cur * (1 + gamma), sigma_hat_max)
         t_up, alpha_up = t, g.alpha[i]
         if s_up > s_cur:  # increase noise temporarily
-            y = y + math.sqrt(s_up**2 - s_cur**2) * S_noise * draw(y)
-            t_up, alpha_up, _ = g.at_lambda(-math.log(s_up))
+            y = y + sqrt(s_up**2 - s_cur**2) * S_noise * draw(y)
+            t_up, alpha_up, _ = g.at_lambda(-log(s_up))
         d = model.eps(alpha_up * y, t_up)  # dy/dsigma_hat = eps
         y_next = y + (sigma_hat[i + 1] - s_up) * d  # Euler step
         if not loop.is_last(i):  # apply 2nd order correction
@@ -188,12 +190,12 @@ def dpm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
         x0_pred = model.x0(x, t)
         x0s.push(g.lam[i], x0_pred)
         h = g.h(i)
-        data_weight = -math.expm1(-(1 + eta) * h)  # 1 - e^{-(1+eta) h}
-        x_mean = (g.sigma[i + 1] / g.sigma[i] * math.exp(-eta * h)) * x + (g.alpha[i + 1] * data_weight) * x0_pred
+        data_weight = -expm1(-(1 + eta) * h)  # 1 - e^{-(1+eta) h}
+        x_mean = (g.sigma[i + 1] / g.sigma[i] * exp(-eta * h)) * x + (g.alpha[i + 1] * data_weight) * x0_pred
         if multistep_order(i, loop.num_steps, history, lower_order_final=True) == 2:
             r = (x0s.lam[-1] - x0s.lam[-2]) / h
             x_mean = x_mean + (0.5 * g.alpha[i + 1] * data_weight / r) * (x0_pred - x0s.values[-2])
-        noise_std = g.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
+        noise_std = g.sigma[i + 1] * sqrt(-expm1(-2 * eta * h))
         x = x_mean if (final_mean and loop.is_last(i)) or noise_std == 0 else x_mean + noise_std * draw(x)
         loop.done(i, x, x0_pred)
     return x
