@@ -11,14 +11,14 @@ A user-given list or tensor of times is validated and used as is, and any object
 from __future__ import annotations
 
 import math
-from typing import Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Dict, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
 from . import _checks
 from .sde import SDE, AffineSDE
 
-__all__ = ["SCHEDULES", "get_schedule", "uniform", "quadratic", "logsnr", "karras", "validate", "GridProvider",
+__all__ = ["SCHEDULES", "get_schedule", "uniform", "quadratic", "logsnr", "karras", "validate", "GridProvider", "TunedSolver",
            "ScheduleSpec", "check_end", "MAX_STEPS", "RHO_RANGE"]
 
 #: the most steps a named grid has (a longer one is more likely a mistake than a plan: the
@@ -35,6 +35,18 @@ class GridProvider(Protocol):
     settings it was not made for (steps=None: its own step count)."""
 
     def grid(self, sde: SDE, solver: Optional[str], steps: Optional[int], t_end: Optional[float]) -> torch.Tensor:
+        ...
+
+
+class TunedSolver(GridProvider, Protocol):
+    """A sampler tuned to one model (`scoresde.tune`): a GridProvider that also names its
+    registered `solver` and the `solver_options` it runs with, and `check(model)` refuses a
+    model it was not tuned to. `sample(model, solver=tuned)` runs it."""
+
+    solver: str
+    solver_options: Dict[str, object]
+
+    def check(self, model) -> None:
         ...
 
 

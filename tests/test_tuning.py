@@ -237,3 +237,22 @@ def test_bad_input_is_refused_before_any_work(ring):
     with pytest.raises(ValueError, match="method='gits' with cost_solver='ddim' .*needs an affine SDE"):
         sd.tune(general, 5, solver="euler", shape=(8, 1))
     assert model.nfe == before
+
+
+def test_a_tuned_sampler_runs_as_the_solver_of_sample_and_refuses_what_it_was_not_tuned_for():
+    sde = sd.VPSDE()
+    mixture = sd.data.GaussianMixture.ring()
+    model = mixture.score_model(sde)
+    tuned = sd.tune(model, 6, method="gits", solver="dpm++2m", shape=(64, 2), validation=64,
+                    generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = sd.sample(model, x_T=x_T, solver=tuned)
+    same = sd.sample(model, x_T=x_T, solver=tuned.solver, schedule=tuned, **tuned.solver_options)
+    assert torch.equal(out.x, same.x) and out.nfe == tuned.nfe
+    other = sd.data.GaussianMixture.ring(modes=4).score_model(sde)
+    with pytest.raises(ValueError, match="model must be the one this sampler was tuned to"):
+        sd.sample(other, x_T=x_T, solver=tuned)
+    with pytest.raises(ValueError, match="schedule must be None with a tuned sampler"):
+        sd.sample(model, x_T=x_T, solver=tuned, schedule="logsnr")
+    with pytest.raises(ValueError, match="solver must be a registered solver name or a tuned sampler"):
+        sd.sample(model, x_T=x_T, solver=3)

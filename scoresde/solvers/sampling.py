@@ -69,7 +69,9 @@ def sample(
         model: the ScoreModel (or a guided wrapper); its `sde` is used when `sde` is None.
         shape: (B, *data_shape) when `x_T` is not given; x_T is then drawn from the prior with
             `generator` (in `dtype` on `device`, default float32 on the generator's device).
-        solver: a name from `scoresde.solvers.available()` (or an older alias of one).
+        solver: a name from `scoresde.solvers.available()` (or an older alias of one), or a
+            tuned sampler (`scoresde.tune`'s `TunedSampler`, any `schedules.TunedSolver`): its
+            solver with its grid and options, for the model it was tuned to (`schedule` None).
         steps: number of solver steps, 1 to `scoresde.schedules.MAX_STEPS` (each costs the
             solver's evaluations per step); default DEFAULT_STEPS, or the step count of a user
             grid or of a schedule that brings its own (an explicit other count is refused).
@@ -106,6 +108,7 @@ def sample(
     Raises NonFiniteError when NaN or inf appears, naming the step (or, for library and
     adaptive solvers, the network evaluation) and the time where it first did.
     """
+    solver, schedule, solver_options = _tuned(model, solver, schedule, solver_options)
     info = get(solver)
     _check_entry(model, shape, x_T, generator, callback, state_hook, dtype)
     if seeds is not None:
@@ -288,3 +291,22 @@ def _initial_state(sde, shape, x_T, generator, dtype, device) -> torch.Tensor:
         raise ValueError(f"shape {tuple(shape)} disagrees with x_T's shape {tuple(x_T.shape)}")
     _checks.finite("x_T", x_T)
     return x_T.to(dtype=dtype or x_T.dtype, device=device or x_T.device)
+
+
+def _tuned(model, solver, schedule, solver_options: dict):
+    """(solver name, schedule, options) of `solver`: itself, or a tuned sampler's own, after it
+    checked the model; user options may add to the tuned ones but not replace them."""
+    if isinstance(solver, str):
+        return solver, schedule, solver_options
+    if not all(hasattr(solver, name) for name in ("grid", "solver", "solver_options")):
+        raise _checks.fail("solver", "a registered solver name or a tuned sampler (scoresde.tune)", solver)
+    if schedule is not None:
+        raise _checks.fail("schedule", "None with a tuned sampler as solver (it brings its own grid)", schedule)
+    clash = sorted(set(solver_options) & set(solver.solver_options))
+    if clash:
+        raise _checks.fail("solver options", f"none of the tuned sampler's own ({', '.join(clash)})",
+                           {k: solver_options[k] for k in clash})
+    check = getattr(solver, "check", None)
+    if check is not None:
+        check(model)
+    return solver.solver, solver, {**solver.solver_options, **solver_options}

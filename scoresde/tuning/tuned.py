@@ -59,8 +59,8 @@ def model_fingerprint(model: ScoreModel) -> str:
 
 @dataclass
 class TunedSampler:
-    """A sampler tuned by `scoresde.tune`: pass it as `sample(..., solver=tuned.solver,
-    schedule=tuned, **tuned.solver_options)`, or call `tuned.sample(model, x_T=...)`.
+    """A sampler tuned by `scoresde.tune`: `sample(model, x_T=..., solver=tuned)` (it checks
+    the model and brings its solver, grid and options), or `schedule=tuned` for its grid alone.
 
     times: (steps + 1,) descending float64 times in the SDE's units, T to t_end.
     method: the tuning method ("gits", "nelder-mead"). solver, nfe: the solver the grid is
@@ -125,8 +125,7 @@ class TunedSampler:
     def sample(self, model: ScoreModel, **kwargs) -> SampleResult:
         """`scoresde.sample` with this sampler's solver, grid and options, for the model it was
         tuned to (kwargs: x_T or shape and generator, ...)."""
-        self.check(model)
-        return sample(model, solver=self.solver, schedule=self, **{**self.solver_options, **kwargs})
+        return sample(model, solver=self, **kwargs)
 
     # ---- files ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
