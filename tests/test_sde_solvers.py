@@ -191,7 +191,7 @@ def test_every_sde_solver_reports_its_counted_nfe_and_is_reproducible():
     sde = sd.VPSDE()
     model = RING.score_model(sde)
     model.net = counter = CountingNet(model.net)
-    expected = {"pc": 2 * 8, "sde-heun": 16, "edm-sde": 15, "torchsde": 9}
+    expected = {"pc": 2 * 8, "sde-heun": 16, "edm-sde": 15, "torchsde": 9, "restart": 8 + 2 * 4}
     for solver in SDE_SOLVERS:
         counter.calls = 0
         steps = None if sd.solvers.get(solver).adaptive else 8

@@ -38,10 +38,11 @@ class SolverInfo:
     description: str = ""
     defaults: Dict[str, object] = field(default_factory=dict)  # option values this name implies
     default_schedule: Optional[str] = None  # the schedule it needs by default, if not the SDE's
-    extra_evals: int = 0  # evaluations beyond steps x evals_per_step (Heun's Euler last step: -1)
+    extra_evals: int = 0  # with default options: evaluations beyond steps x evals_per_step (Heun's last step: -1)
     step_hook: bool = True  # calls loop.done after each of its own steps (a state hook can act)
     aliases: tuple = ()
     evals_fn: Optional[Callable[[Mapping[str, object]], int]] = None  # evaluations per step of the options
+    extra_fn: Optional[Callable[[Mapping[str, object]], int]] = None  # extra evaluations of the options
 
     @property
     def adaptive(self) -> bool:
@@ -67,18 +68,24 @@ class SolverInfo:
             return int(self.evals_fn(self.resolve(options)))
         return int(self.evals_per_step)
 
+    def extra(self, options: Optional[Mapping[str, object]] = None) -> int:
+        """Evaluations beyond steps x evals(options) with `options` (on top of the defaults)."""
+        if self.extra_fn is not None:
+            return int(self.extra_fn(self.resolve(options)))
+        return int(self.extra_evals)
+
     def nfe(self, steps: int, options: Optional[Mapping[str, object]] = None) -> int:
         """Evaluations of `steps` steps (what the model will count)."""
-        return steps * self.evals(options) + self.extra_evals
+        return steps * self.evals(options) + self.extra(options)
 
     def steps_for_nfe(self, nfe: int, options: Optional[Mapping[str, object]] = None) -> int:
         """The largest step count whose evaluations fit in `nfe`: the one NFE-budget policy
         (never over the budget). Refuses a budget below one step's cost."""
-        per = self.evals(options)
-        lowest = max(per + self.extra_evals, 1)
+        per, extra = self.evals(options), self.extra(options)
+        lowest = max(per + extra, 1)
         if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < lowest:
             raise _checks.fail("nfe", f"an integer >= {lowest} (one step of solver {self.name!r})", nfe)
-        return (int(nfe) - self.extra_evals) // per
+        return (int(nfe) - extra) // per
 
 
 _REGISTRY: Dict[str, SolverInfo] = {}
@@ -94,7 +101,7 @@ def register(
     description: str = "",
     defaults: Optional[Dict[str, object]] = None,
     default_schedule: Optional[str] = None,
-    extra_evals: int = 0,
+    extra_evals: Union[int, Callable[[Mapping[str, object]], int]] = 0,
     order_kind: Optional[str] = None,
     step_hook: bool = True,
     aliases: Sequence[str] = (),
@@ -102,7 +109,8 @@ def register(
     """Decorator adding `fn` to the registry under `name` (and its `aliases`). `defaults` are
     option values this name implies, so one function can serve several names (e.g. 'dpm++2m'
     and 'dpm++3m'); a caller may still override them. `order_kind` defaults to 'global' for
-    ODE and 'weak' for SDE solvers."""
+    ODE and 'weak' for SDE solvers. `evals_per_step` and `extra_evals` may be functions of the
+    resolved options (so `nfe` and `steps_for_nfe` follow them)."""
     kind = _checks.choice("kind", kind, ("ode", "sde"))
     order_kind = _checks.choice("order_kind", order_kind or ("global" if kind == "ode" else "weak"), ORDER_KINDS)
 
@@ -111,12 +119,15 @@ def register(
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"a solver named {key!r} is already registered")
         evals_fn = evals_per_step if callable(evals_per_step) else None
+        extra_fn = extra_evals if callable(extra_evals) else None
         info = SolverInfo(
             name, fn, kind, order, order_kind, 0 if evals_fn else evals_per_step, affine, description,
-            dict(defaults or {}), default_schedule, extra_evals, step_hook, tuple(aliases), evals_fn,
+            dict(defaults or {}), default_schedule, 0 if extra_fn else extra_evals, step_hook, tuple(aliases),
+            evals_fn, extra_fn,
         )
-        if evals_fn is not None:  # the count with default options, for readers of evals_per_step
-            info = dataclasses.replace(info, evals_per_step=info.evals())
+        if evals_fn is not None or extra_fn is not None:  # the counts with default options, for readers
+            info = dataclasses.replace(info, evals_per_step="adaptive" if evals_per_step == "adaptive" else info.evals(),
+                                       extra_evals=info.extra())
         _REGISTRY[name] = info
         _ALIASES.update({alias: name for alias in aliases})
         return fn
