@@ -108,7 +108,7 @@ def sample(
     Raises NonFiniteError when NaN or inf appears, naming the step (or, for library and
     adaptive solvers, the network evaluation) and the time where it first did.
     """
-    solver, schedule, solver_options = _tuned(model, solver, schedule, solver_options)
+    model, solver, schedule, solver_options = _tuned(model, solver, schedule, solver_options)
     info = get(solver)
     _check_entry(model, shape, x_T, generator, callback, state_hook, dtype)
     if seeds is not None:
@@ -294,10 +294,11 @@ def _initial_state(sde, shape, x_T, generator, dtype, device) -> torch.Tensor:
 
 
 def _tuned(model, solver, schedule, solver_options: dict):
-    """(solver name, schedule, options) of `solver`: itself, or a tuned sampler's own, after it
-    checked the model; user options may add to the tuned ones but not replace them."""
+    """(model, solver name, schedule, options) of `solver`: itself, or a tuned sampler's own,
+    after it checked the model (and the model as the sampler evaluates it, `model_for`: e.g.
+    at learned time offsets); user options may add to the tuned ones but not replace them."""
     if isinstance(solver, str):
-        return solver, schedule, solver_options
+        return model, solver, schedule, solver_options
     if not all(hasattr(solver, name) for name in ("grid", "solver", "solver_options")):
         raise _checks.fail("solver", "a registered solver name or a tuned sampler (scoresde.tune)", solver)
     if schedule is not None:
@@ -309,4 +310,7 @@ def _tuned(model, solver, schedule, solver_options: dict):
     check = getattr(solver, "check", None)
     if check is not None:
         check(model)
-    return solver.solver, solver, {**solver.solver_options, **solver_options}
+    model_for = getattr(solver, "model_for", None)
+    if model_for is not None and isinstance(model, ScoreModel):
+        model = model_for(model)
+    return model, solver.solver, solver, {**solver.solver_options, **solver_options}

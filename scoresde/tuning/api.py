@@ -6,10 +6,12 @@ of the same solver on that batch, which is the initialization; a tuned grid that
 it is not returned, the initialization is (`kept_start`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -18,14 +20,14 @@ from ..model import ScoreModel
 from ..schedules import SCHEDULES, check_end
 from ..solvers import DEFAULT_SOLVER, NonFiniteError, get, sample
 from . import gits as _gits
+from . import steps as _steps
 from .schedule import MIN_CALIBRATION, optimize
 from .teacher import teacher
 from .tuned import TunedSampler, model_fingerprint
 
-__all__ = ["tune", "METHODS", "DEFAULT_VALIDATION", "GITS_DEFAULTS"]
+__all__ = ["tune", "METHODS", "DEFAULT_VALIDATION", "GITS_DEFAULTS", "STEPS_DEFAULTS"]
 
-#: the implemented methods
-METHODS = ("gits", "nelder-mead")
+STEPS_DEFAULTS = _steps.STEPS_DEFAULTS
 #: validation noises drawn (after the calibration batch, from the same generator) when not given
 DEFAULT_VALIDATION = 256
 #: GITS' settings: a fine candidate grid uniform in log-SNR, DDIM step costs, and the weight of
@@ -61,7 +63,9 @@ def tune(
         method: "gits" (dynamic programming over a fine grid with one-step costs from teacher
             trajectories; options candidates, candidate_schedule, coeff (a number or a list,
             the one whose grid fits the calibration batch best is kept), metric, cost_solver;
-            defaults GITS_DEFAULTS) or "nelder-mead" (`optimize`; options max_evals, knots).
+            defaults GITS_DEFAULTS), "nelder-mead" (`optimize`; options max_evals, knots) or
+            "steps" (LD3: the grid and per-step evaluation-time offsets trained by gradient
+            through the solver, see `scoresde.tuning.steps`; defaults STEPS_DEFAULTS).
         solver: a fixed-step ODE solver; the grid has the most steps whose evaluations fit nfe.
         shape: (B, *data_shape) of the calibration batch, drawn from the prior with `generator`
             in `dtype` on `device`; or x_T: the calibration noise itself (as in `sample`).
@@ -89,19 +93,17 @@ def tune(
     t_end = check_end(sde, t_end)
     _checks.generator("generator", generator)
     dtype = _checks.floating_dtype("dtype", dtype, optional=False)
-    options = _method_options(method, method_options, sde)
+    entry = _METHODS[method]
+    options = entry.options(method_options, sde)
     t_options, batch_size = _teacher_options(teacher_options)
     x_cal = _noise(sde, shape, x_T, generator, dtype, device)
     x_val = _validation(sde, validation, x_cal, generator)
-    if method == "nelder-mead" and x_cal.shape[0] < MIN_CALIBRATION:
-        raise _checks.fail("the calibration batch size", f">= {MIN_CALIBRATION} for method 'nelder-mead' "
-                           "(MIN_CALIBRATION)", x_cal.shape[0])
-    if method == "gits" and steps > options["candidates"] - 1:
-        raise _checks.fail("candidates", f"more than the {steps} steps of solver {info.name!r} at nfe={nfe}",
-                           options["candidates"])
+    setting = _Setting(model, info.name, int(nfe), steps, t_end, solver_options, options, x_cal, x_val, generator,
+                       dict(options=t_options, batch_size=batch_size, cache_dir=cache_dir))
+    entry.check(setting)  # the method's own limits, before any work
 
     nfe_start = model.nfe
-    reference = teacher(model, x_val, t_end=t_end, options=t_options, batch_size=batch_size, cache_dir=cache_dir).x
+    reference = setting.teacher(x_val).x
 
     def validation_rmse(ts: torch.Tensor) -> float:
         return _rmse(model, x_val, reference, info.name, ts, solver_options)
@@ -113,43 +115,154 @@ def tune(
         except _checks.ArgumentError:  # a schedule this SDE cannot have (log-SNR of a general SDE)
             continue
     start = min(fixed, key=fixed.get)
-    start_times = SCHEDULES[start](sde, steps, t_end)
+    setting.start, setting.start_times, setting.reference = start, SCHEDULES[start](sde, steps, t_end), reference
 
-    if method == "gits":
-        times, history, details = _tune_gits(model, x_cal, info.name, steps, t_end, solver_options, options,
-                                             t_options, batch_size, cache_dir)
-    else:
-        cal = teacher(model, x_cal, t_end=t_end, options=t_options, batch_size=batch_size, cache_dir=cache_dir)
-        found = optimize(model, sde, info.name, nfe, x_T=x_cal, t_end=t_end, reference=cal.x, dtype=dtype, **options)
-        times, history = found.times, list(found.loss_history)
-        details = dict(options, calibration_start=found.start, calibration_loss=found.loss)
-    loss = validation_rmse(times)
+    found = entry.run(setting)
+    base = dict(method=method, solver=info.name, nfe=int(nfe), sde=repr(sde), sde_fingerprint=sde.fingerprint(),
+                model_fingerprint=model_fingerprint(model), solver_options=solver_options, start=start,
+                loss_start=fixed[start], calibration=x_cal.shape[0], validation=x_val.shape[0])
+    candidate = TunedSampler(times=found.times, **base, **found.fields)
+    loss = _sampler_rmse(model, x_val, reference, candidate)  # exactly what sample(solver=tuned) gives
     kept = not loss < fixed[start]
-    return TunedSampler(
-        times=start_times if kept else times, method=method, solver=info.name, nfe=int(nfe), sde=repr(sde),
-        sde_fingerprint=sde.fingerprint(), model_fingerprint=model_fingerprint(model), solver_options=solver_options,
-        start=start, loss_start=fixed[start], loss=fixed[start] if kept else loss, kept_start=kept,
-        loss_history=history, calibration=x_cal.shape[0], validation=x_val.shape[0], cost_nfe=model.nfe - nfe_start,
-        cost_seconds=time.perf_counter() - started,
-        details={**details, "fixed_validation": fixed, "tuned_validation": loss},
+    chosen = TunedSampler(times=setting.start_times, **base) if kept else candidate
+    return dataclasses.replace(
+        chosen, loss=fixed[start] if kept else loss, kept_start=kept, loss_history=found.history,
+        cost_nfe=model.nfe - nfe_start, cost_seconds=time.perf_counter() - started,
+        details={**found.details, "fixed_validation": fixed, "tuned_validation": loss},
     )
 
 
-def _tune_gits(model, x_cal, solver, steps, t_end, solver_options, options, t_options, batch_size, cache_dir):
-    """GITS' grid; the coefficient (of several) whose grid has the lowest calibration RMSE."""
-    sde = model.sde
-    candidates = _gits.candidate_grid(sde, options["candidates"], t_end, options["candidate_schedule"])
-    cal = teacher(model, x_cal, candidates, options=t_options, batch_size=batch_size, cache_dir=cache_dir)
+@dataclass
+class _Setting:
+    """What a method sees: the problem, its checked options, the batches, and (once the fixed
+    schedules are measured) the start, its grid and the validation teacher's endpoints."""
+
+    model: ScoreModel
+    solver: str
+    nfe: int
+    steps: int
+    t_end: float
+    solver_options: Dict[str, object]
+    options: Dict[str, object]
+    x_cal: torch.Tensor
+    x_val: torch.Tensor
+    generator: Optional[torch.Generator]
+    teacher_kwargs: Dict[str, object]
+    start: str = ""
+    start_times: Optional[torch.Tensor] = None
+    reference: Optional[torch.Tensor] = None
+
+    def teacher(self, x: torch.Tensor, times: Optional[torch.Tensor] = None):
+        """The teacher of noise x (cached where tune was given a cache_dir)."""
+        if times is None:
+            return teacher(self.model, x, t_end=self.t_end, **self.teacher_kwargs)
+        return teacher(self.model, x, times, **self.teacher_kwargs)
+
+
+@dataclass
+class _Found:
+    """A method's result: its grid, its loss history, its details (JSON-able) and any further
+    TunedSampler fields it learned (e.g. time_offsets)."""
+
+    times: torch.Tensor
+    history: List[float]
+    details: Dict[str, object]
+    fields: Dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Method:
+    """One tuning method: options(given, sde) -> checked options; check(setting) refuses what
+    it cannot do before any work; run(setting) -> _Found."""
+
+    options: Callable[[Dict[str, object], object], Dict[str, object]]
+    check: Callable[[_Setting], None]
+    run: Callable[[_Setting], _Found]
+
+
+def _gits_grids(setting: _Setting, coeffs: Sequence[float]):
+    """GITS' grids, one per coefficient, with their calibration RMSEs (nan when there is one
+    coefficient and nothing to choose), and the calibration teacher's endpoints."""
+    model, options = setting.model, setting.options
+    candidates = _gits.candidate_grid(model.sde, options["candidates"], setting.t_end, options["candidate_schedule"])
+    cal = setting.teacher(setting.x_cal, candidates)
     cost = _gits.step_costs(model, cal.states, candidates, options["metric"], options["cost_solver"])
-    coeffs = options["coeff"]
     grids, history = [], []
     for coeff in coeffs:
-        grids.append(candidates[_gits.shortest_path(cost, steps, coeff)])
-        history.append(_rmse(model, x_cal, cal.x, solver, grids[-1], solver_options) if len(coeffs) > 1 else math.nan)
+        grids.append(candidates[_gits.shortest_path(cost, setting.steps, coeff)])
+        history.append(_rmse(model, setting.x_cal, cal.x, setting.solver, grids[-1], setting.solver_options)
+                       if len(coeffs) > 1 else math.nan)
+    return grids, history, cal.x
+
+
+def _tune_gits(setting: _Setting) -> _Found:
+    """GITS' grid; the coefficient (of several) whose grid has the lowest calibration RMSE."""
+    options, solver = setting.options, setting.solver
+    coeffs = options["coeff"]
+    grids, history, _ = _gits_grids(setting, coeffs)
     best = min(range(len(coeffs)), key=lambda k: history[k]) if len(coeffs) > 1 else 0
     details = {**options, "coeff": coeffs[best], "coeffs": list(coeffs), "solver": solver,
                "note": f"grid chosen with {options['cost_solver']} step costs; meant for solver {solver!r}"}
-    return grids[best], history, details
+    return _Found(grids[best], history, details)
+
+
+def _tune_nelder_mead(setting: _Setting) -> _Found:
+    cal = setting.teacher(setting.x_cal)
+    found = optimize(setting.model, setting.model.sde, setting.solver, setting.nfe, x_T=setting.x_cal,
+                     t_end=setting.t_end, reference=cal.x, dtype=setting.x_cal.dtype, **setting.options)
+    details = dict(setting.options, calibration_start=found.start, calibration_loss=found.loss)
+    return _Found(found.times, list(found.loss_history), details)
+
+
+def _tune_steps(setting: _Setting) -> _Found:
+    """LD3 (`scoresde.tuning.steps.learn_steps`) from the start, or from GITS' grid (its
+    defaults) where that fits the calibration batch better (init 'gits' or 'best')."""
+    model, o = setting.model, setting.options
+    y_cal = setting.teacher(setting.x_cal).x
+    init, start = "start", setting.start_times
+    init_rmse = {}
+    if o["init"] != "start":
+        gits_setting = dataclasses.replace(setting, options=_gits_options({}, model.sde))
+        grids, history, _ = _gits_grids(gits_setting, gits_setting.options["coeff"])
+        k = min(range(len(grids)), key=lambda j: history[j]) if len(grids) > 1 else 0
+        init_rmse["gits"] = _rmse(model, setting.x_cal, y_cal, setting.solver, grids[k], setting.solver_options)
+        if o["init"] == "best":
+            init_rmse["start"] = _rmse(model, setting.x_cal, y_cal, setting.solver, start, setting.solver_options)
+        if o["init"] == "gits" or init_rmse["gits"] < init_rmse["start"]:
+            init, start = "gits", grids[k]
+    nfe_before = model.nfe
+    learned = _steps.learn_steps(model, setting.solver, start, setting.x_cal, y_cal, setting.x_val,
+                                 setting.reference, o, setting.solver_options, setting.generator)
+    details = {**o, "init_grid": init, "init_calibration": init_rmse, "init_validation": learned.loss_start,
+               "best_epoch": learned.best_epoch, "iterations": learned.iterations,
+               "train_history": learned.train_history, "training_nfe": model.nfe - nfe_before,
+               "note": "loss_history: validation RMSE after each epoch (0: the initial grid); training_nfe: "
+                       "forward evaluations of the training solves (backward passes evaluate nothing anew)"}
+    fields = {"time_offsets": learned.offsets} if any(v != 0 for v in learned.offsets) else {}
+    return _Found(learned.times, learned.validation_history, details, fields)
+
+
+def _check_nothing(setting: _Setting) -> None:
+    return None
+
+
+def _check_gits(setting: _Setting) -> None:
+    if setting.steps > setting.options["candidates"] - 1:
+        raise _checks.fail("candidates", f"more than the {setting.steps} steps of solver {setting.solver!r} at "
+                           f"nfe={setting.nfe}", setting.options["candidates"])
+
+
+def _check_nelder_mead(setting: _Setting) -> None:
+    if setting.x_cal.shape[0] < MIN_CALIBRATION:
+        raise _checks.fail("the calibration batch size", f">= {MIN_CALIBRATION} for method 'nelder-mead' "
+                           "(MIN_CALIBRATION)", setting.x_cal.shape[0])
+
+
+def _check_steps(setting: _Setting) -> None:
+    if setting.steps < 2:
+        needed = get(setting.solver).nfe(2, setting.solver_options)
+        raise _checks.fail("nfe", f">= {needed} for method 'steps' with solver {setting.solver!r} (2 steps: a grid "
+                           "with a time to learn between T and t_end)", setting.nfe)
 
 
 def _rmse(model, x_T, reference, solver, ts, solver_options) -> float:
@@ -161,14 +274,25 @@ def _rmse(model, x_T, reference, solver, ts, solver_options) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def _method_options(method: str, given: Dict[str, object], sde) -> Dict[str, object]:
-    if method == "nelder-mead":
-        unknown = sorted(set(given) - set(_NELDER_MEAD_OPTIONS))
-        if unknown:
-            raise _checks.fail("method options", f"those of method 'nelder-mead' ({', '.join(_NELDER_MEAD_OPTIONS)})",
-                               unknown)
-        _checks.affine(sde, "method='nelder-mead' (a grid in log-SNR)")
-        return dict(given)
+def _sampler_rmse(model, x_T, reference, tuned: TunedSampler) -> float:
+    try:
+        x = sample(model, x_T=x_T, solver=tuned).x
+    except NonFiniteError:
+        return math.inf
+    value = float((x.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
+    return value if math.isfinite(value) else math.inf
+
+
+def _nelder_mead_options(given: Dict[str, object], sde) -> Dict[str, object]:
+    unknown = sorted(set(given) - set(_NELDER_MEAD_OPTIONS))
+    if unknown:
+        raise _checks.fail("method options", f"those of method 'nelder-mead' ({', '.join(_NELDER_MEAD_OPTIONS)})",
+                           unknown)
+    _checks.affine(sde, "method='nelder-mead' (a grid in log-SNR)")
+    return dict(given)
+
+
+def _gits_options(given: Dict[str, object], sde) -> Dict[str, object]:
     unknown = sorted(set(given) - set(GITS_DEFAULTS))
     if unknown:
         raise _checks.fail("method options", f"those of method 'gits' ({', '.join(GITS_DEFAULTS)})", unknown)
@@ -186,6 +310,16 @@ def _method_options(method: str, given: Dict[str, object], sde) -> Dict[str, obj
         _checks.affine(sde, f"method='gits' with cost_solver={options['cost_solver']!r} and "
                             f"candidate_schedule={options['candidate_schedule']!r}")
     return options
+
+
+#: method name -> its options, checks and run; a new method is one entry here
+_METHODS: Dict[str, _Method] = {
+    "gits": _Method(_gits_options, _check_gits, _tune_gits),
+    "nelder-mead": _Method(_nelder_mead_options, _check_nelder_mead, _tune_nelder_mead),
+    "steps": _Method(_steps.check_options, _check_steps, _tune_steps),
+}
+#: the implemented methods
+METHODS = tuple(_METHODS)
 
 
 def _teacher_options(given):

@@ -20,6 +20,7 @@ from ..schedules import get_schedule
 from ..sde import SDE
 from ..solvers import SampleResult, get, sample
 from .schedule import OptimizedSchedule
+from .steps import ShiftedTime
 
 __all__ = ["TunedSampler", "model_fingerprint", "FORMAT", "FORMAT_VERSION"]
 
@@ -74,6 +75,9 @@ class TunedSampler:
     calibration, validation: the batch sizes. cost_nfe, cost_seconds: everything tuning spent
     (teachers, search, validation), NFE as counted by the model. details: the method's
     settings (JSON-able), e.g. GITS' candidate grid and cost solver.
+    time_offsets: empty, or (steps + 1) log-SNR offsets of the network's evaluation times from
+    the grid's (method "steps", `ShiftedTime`); `sample(solver=tuned)` applies them,
+    `schedule=tuned` gives the grid alone.
     """
 
     times: torch.Tensor
@@ -94,6 +98,7 @@ class TunedSampler:
     cost_nfe: int = 0
     cost_seconds: float = 0.0
     details: Dict[str, object] = field(default_factory=dict)
+    time_offsets: List[float] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -121,6 +126,16 @@ class TunedSampler:
             raise _checks.ArgumentError(
                 f"model must be the one this sampler was tuned to (fingerprint {self.model_fingerprint}); "
                 f"got a model with fingerprint {given}")
+
+    def model_for(self, model: ScoreModel) -> ScoreModel:
+        """The model as this sampler evaluates it: `model` itself, or with time offsets a
+        `ShiftedTime` of it on this grid."""
+        if not self.time_offsets:
+            return model
+        if len(self.time_offsets) != self.times.numel():
+            raise ValueError(f"a tuned sampler's time_offsets must number its {self.times.numel()} grid times; "
+                             f"got {len(self.time_offsets)}")
+        return ShiftedTime(model, self.times, torch.tensor(self.time_offsets, dtype=torch.float64))
 
     def sample(self, model: ScoreModel, **kwargs) -> SampleResult:
         """`scoresde.sample` with this sampler's solver, grid and options, for the model it was
