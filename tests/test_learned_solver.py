@@ -178,3 +178,15 @@ def test_bad_tuning_input_is_refused_before_any_work():
     with pytest.raises(ValueError, match="affine"):
         sd.sample(general, shape=(2, 1), solver=LEARNED, steps=3)
     assert model.nfe == 0 and general.nfe == 0
+
+
+def test_tune_with_method_coefficients_returns_a_learned_multistep_sampler_that_sample_runs():
+    mixture = sd.data.GaussianMixture.ring()
+    model = mixture.score_model(sd.VPSDE())
+    tuned = sd.tune(model, 6, method="coefficients", solver="dpm++2m", shape=(64, 2), validation=64,
+                    generator=torch.Generator().manual_seed(0), dtype=torch.float64, epochs=3)
+    assert tuned.method == "coefficients" and tuned.nfe == 6
+    assert tuned.solver == ("dpm++2m" if tuned.kept_start else "learned-multistep")
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert sd.sample(model, x_T=x_T, solver=tuned).nfe == 6
+    assert tuned.loss <= tuned.loss_start

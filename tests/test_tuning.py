@@ -201,7 +201,7 @@ def test_ddim_step_costs_are_ddim_steps(ring):
 def test_bad_input_is_refused_before_any_work(ring):
     sde, model, _, _ = ring
     before = model.nfe
-    with pytest.raises(ValueError, match="method must be one of: gits, nelder-mead, steps; got 'bogus'"):
+    with pytest.raises(ValueError, match="method must be one of: gits, nelder-mead, steps, coefficients; got 'bogus'"):
         sd.tune(model, 5, "bogus", shape=(8, 2))
     with pytest.raises(ValueError, match="nfe must be an integer >= 1"):
         sd.tune(model, 0, shape=(8, 2))

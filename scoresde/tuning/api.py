@@ -19,6 +19,8 @@ from .. import _checks
 from ..model import ScoreModel
 from ..schedules import SCHEDULES, check_end
 from ..solvers import DEFAULT_SOLVER, NonFiniteError, get, sample
+from ..solvers.learned import LEARNED, NATIVE
+from . import coefficients as _coefficients
 from . import gits as _gits
 from . import steps as _steps
 from .schedule import MIN_CALIBRATION, optimize
@@ -121,7 +123,7 @@ def tune(
     base = dict(method=method, solver=info.name, nfe=int(nfe), sde=repr(sde), sde_fingerprint=sde.fingerprint(),
                 model_fingerprint=model_fingerprint(model), solver_options=solver_options, start=start,
                 loss_start=fixed[start], calibration=x_cal.shape[0], validation=x_val.shape[0])
-    candidate = TunedSampler(times=found.times, **base, **found.fields)
+    candidate = TunedSampler(times=found.times, **{**base, **found.fields})  # fields may name another solver
     loss = _sampler_rmse(model, x_val, reference, candidate)  # exactly what sample(solver=tuned) gives
     kept = not loss < fixed[start]
     chosen = TunedSampler(times=setting.start_times, **base) if kept else candidate
@@ -242,6 +244,26 @@ def _tune_steps(setting: _Setting) -> _Found:
     return _Found(learned.times, learned.validation_history, details, fields)
 
 
+def _tune_coefficients(setting: _Setting) -> _Found:
+    """`learned-multistep` weights (and grid) learned from the solver's own on the start grid
+    (`scoresde.tuning.coefficients.learn_coefficients`); the sampler runs `learned-multistep`."""
+    y_cal = setting.teacher(setting.x_cal).x
+    learned = _coefficients.learn_coefficients(
+        setting.model, setting.solver, setting.start_times, setting.x_cal, y_cal, setting.x_val, setting.reference,
+        setting.options, setting.solver_options, setting.generator)
+    details = {**setting.options, "init_solver": setting.solver, "init_validation": learned.loss_start,
+               "best_epoch": learned.best_epoch, "iterations": learned.iterations,
+               "train_history": learned.train_history, "training_nfe": learned.nfe}
+    return _Found(learned.times, learned.validation_history, details,
+                  {"solver": LEARNED, "solver_options": learned.solver_options})
+
+
+def _check_coefficients(setting: _Setting) -> None:
+    if setting.solver not in NATIVE:
+        raise _checks.fail("solver", f"one whose weights learned-multistep starts from ({', '.join(NATIVE)}) for "
+                           "method 'coefficients'", setting.solver)
+
+
 def _check_nothing(setting: _Setting) -> None:
     return None
 
@@ -317,6 +339,7 @@ _METHODS: Dict[str, _Method] = {
     "gits": _Method(_gits_options, _check_gits, _tune_gits),
     "nelder-mead": _Method(_nelder_mead_options, _check_nelder_mead, _tune_nelder_mead),
     "steps": _Method(_steps.check_options, _check_steps, _tune_steps),
+    "coefficients": _Method(_coefficients.check_options, _check_coefficients, _tune_coefficients),
 }
 #: the implemented methods
 METHODS = tuple(_METHODS)
