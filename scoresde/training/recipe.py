@@ -78,7 +78,7 @@ class TrainConfig:
     channels: int = 32
     channel_mults: Tuple[int, ...] = (1, 2)
     res_blocks: int = 1
-    prediction: str = "eps"
+    prediction: str = "v"  # benchmarks/prediction_types.py: eps makes small nets' ODE samples diverge
     weighting: str = "score"
     steps: int = 2000
     batch_size: int = 128
