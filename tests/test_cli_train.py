@@ -198,3 +198,33 @@ def test_a_condition_of_another_width_is_refused_on_resume(tmp_path, capsys):
     capsys.readouterr()
     _refused(capsys, [*args, "--steps", "6", "--resume"], "the width of cond", "3 (the checkpoint's cond_dim)", "got 4")
     _refused(capsys, [*args, "--steps", "6"], "out must be a folder without a checkpoint")
+
+
+def test_from_data_to_samples_end_to_end_on_a_2d_toy_set(tmp_path, capsys):
+    """The researcher's loop from the command line on one `scoresde train` run: sample it (its
+    sliced W2 to the held-out split clearly below the prior's), its likelihood, a tuned
+    schedule and sampling with it, and a benchmark of it."""
+    import re
+
+    run, ckpt = tmp_path / "run", str(tmp_path / "run" / "checkpoint.pt")
+    assert main(["train", "--data", "moons", "--hidden", "64", "--depth", "2", "--batch-size", "256", "--lr", "3e-3",
+                 "--steps", "300", "--sample-every", "0", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", ckpt, "--solver", "dpm++2m", "--steps", "20", "--n", "1000", "--data", "moons",
+                 "--out", str(tmp_path / "samples")]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("sliced W2"))
+    samples, prior = (float(v) for v in re.search(r"samples ([\d.]+), prior N\(0, [^)]*\) ([\d.]+)", line).groups())
+    assert samples < 0.5 * prior, line
+    assert main(["nll", "--ckpt", ckpt, "--data", "moons", "--samples", "50"]) == 0
+    assert "nats/dim" in capsys.readouterr().out
+    schedule = tmp_path / "schedule.json"
+    assert main(["schedule", "optimize", "--ckpt", ckpt, "--solver", "dpm++2m", "--nfe", "5", "--calibration", "32",
+                 "--max-evals", "20", "--out", str(schedule)]) == 0
+    assert main(["sample", "--ckpt", ckpt, "--schedule-file", str(schedule), "--n", "64",
+                 "--out", str(tmp_path / "samples")]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--ckpt", ckpt, "--data", "moons", "--problems", "ckpt", "--solvers", "dpm++2m",
+                 "--nfe", "5", "10", "--samples", "64", "--metrics", "rmse", "--no-progress",
+                 "--out", str(tmp_path / "bench")]) == 0
+    cells = json.loads((tmp_path / "bench" / "accuracy_vs_nfe.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["ok", "ok"] and cells[1]["rmse"] < cells[0]["rmse"]
