@@ -264,6 +264,32 @@ def test_a_loop_starting_mid_way_warms_up_from_first_order_as_diffusers_does():
     torch.testing.assert_close(run(ours), run(reference), rtol=0, atol=LOOP_ATOL)
 
 
+@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning")  # np.log on tensors in diffusers
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_deis_log_rho_matches_diffusers_deis_on_the_same_grid(order, lower_order_final):
+    """deis with basis="log_rho" is diffusers' DEISMultistepScheduler ("logrho") run in float64
+    on our grid (its sigmas replaced by our sigma_hat = sigma/alpha) with the exact eps: equal to
+    round-off, with diffusers' taper (below 15 steps) as lower_order_final=True; the rho basis
+    differs by far more."""
+    sde, steps = sd.VPSDE(), 10
+    model = MIXTURE.score_model(sde)
+    x_T = points(64, seed=3)
+    ts = sd.schedules.get_schedule("logsnr", sde, steps)
+    reference = diffusers.DEISMultistepScheduler(solver_order=order, lower_order_final=lower_order_final)
+    reference.set_timesteps(steps)
+    reference.sigmas = sde.sigma(ts) / sde.alpha(ts)  # diffusers' sigma is our sigma_hat, in float64
+    reference.timesteps = torch.arange(steps, 0, -1)  # labels only: the model below is ours
+    x = x_T.clone()
+    for i, label in enumerate(reference.timesteps):
+        x = reference.step(model.eps(x, ts[i].expand(x.shape[0])), label, x).prev_sample
+    options = dict(schedule=ts, steps=None, history=order, lower_order_final=lower_order_final)
+    ours = sd.sample(model, x_T=x_T.clone(), solver="deis", basis="log_rho", **options).x
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-10)
+    rho = sd.sample(model, x_T=x_T.clone(), solver="deis", basis="rho", **options).x
+    assert float((rho - x).abs().max()) > 1e-4
+
+
 def test_scheduler_runs_a_diffusers_pipeline_and_matches_scoresde_sample():
     """diffusers' own DDPMPipeline loop driven by SolverScheduler equals scoresde.sample with the
     same solver and grid on the wrapped model (fractional timesteps of the log-SNR grid)."""

@@ -128,14 +128,18 @@ class Grid:
 
 
 #: multistep solvers drop to lower order on their final steps when there are fewer steps than
-#: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps
+#: this (as diffusers does), where extrapolating from far-apart lambdas hurts more than it helps;
+#: the threshold `lower_order_final=True` means (False means 0: never)
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def multistep_order(i: int, steps: int, order: int, lower_order_final: bool) -> int:
-    """Order of multistep step i (0-based) of `steps`: warm-up from 1, and tapering at the end."""
+def multistep_order(i: int, steps: int, order: int, lower_order_final: Union[bool, int]) -> int:
+    """Order of multistep step i (0-based) of `steps`: warm-up from 1, and tapering at the end
+    (step i at most steps - i) when steps < lower_order_final, an integer threshold; True and
+    False stand for LOWER_ORDER_FINAL_BELOW and 0."""
+    below = LOWER_ORDER_FINAL_BELOW if lower_order_final is True else int(lower_order_final)
     p = min(order, i + 1)
-    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+    if steps < below:
         p = min(p, steps - i)
     return p
 
@@ -323,6 +327,17 @@ class Loop:
         first = self._first_bad
         bad = ~torch.isfinite(x).all() & (first < 0)
         self._first_bad = torch.where(bad, torch.full_like(first, i), first)
+
+    def denoise(self, model, x: torch.Tensor, why: str) -> torch.Tensor:
+        """Tweedie's E[x0 | x_t_end] of the final state (one evaluation), checked for non-finite
+        values and passed through the state hook as the final state; `why` names the option that
+        asked for it in the error."""
+        t_end = self.times[-1]
+        x = model.x0(x, t_end)
+        if not bool(torch.isfinite(x).all()):  # one host read, after the solve
+            raise NonFiniteError(f"non-finite values from the final denoising evaluation ({why}) at "
+                                 f"t={float(t_end):.6g}")
+        return x if self.state_hook is None else self.state_hook(x, t_end, True)
 
     def finish(self) -> None:
         """Raise NonFiniteError if a step left non-finite values that were not yet reported

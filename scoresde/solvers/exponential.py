@@ -5,24 +5,61 @@ The linear part of the ODE is solved exactly; only the network term is approxima
 data prediction x_t = (sigma_t/sigma_s) x_s + sigma_t int_s^t e^{lambda} x0 dlambda.
 `ipndm` and `deis` work in y = x/alpha against sigma_hat = sigma/alpha = e^{-lambda}, where
 the ODE is dy/dsigma_hat = eps. All need an affine SDE. Multistep solvers take `history`, the
-number of evaluations one step combines (the newest included).
+number of evaluations one step combines (the newest included), `lower_order_final` the step
+count below which the order tapers on the final steps (True: LOWER_ORDER_FINAL_BELOW, False: 0)
+and `final_step` what the last step does (FINAL_STEPS).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from typing import Callable, List, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
 from .. import _checks
 from ..model import ScoreModel
-from ._loop import Grid, History, Loop, Scalar, as_float, expm1, multistep_order, with_value
+from ._loop import (LOWER_ORDER_FINAL_BELOW, Grid, History, Loop, Scalar, as_float, expm1, log,
+                    multistep_order, with_value)
 from .registry import register
 
 __all__ = [
     "ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis",
-    "ddim_update", "dpm_multistep_update",
+    "ddim_update", "dpm_multistep_update", "FINAL_STEPS", "DEIS_BASES",
 ]
+
+#: what a multistep solver's last step does: "t_end" stops at the grid's last time; "denoise"
+#: adds one evaluation there and returns the posterior mean E[x0 | x_t_end] (Tweedie, as
+#: `sample(denoise=True)`); "zero" is diffusers' final_sigmas_type="zero": the last step goes from
+#: the second-to-last grid time to sigma = 0 (the data), so the grid's last time is not used and
+#: the step costs no extra evaluation (a state hook and the callback still see that time).
+#: Solvers of data predictions take that step at first order, x = x0_pred (their step formulas
+#: have h = infinity there); those in sigma_hat integrate their own polynomial to sigma_hat = 0.
+FINAL_STEPS = ("t_end", "denoise", "zero")
+
+
+def _final_step_evals(options: Mapping[str, object]) -> int:
+    """Evaluations beyond one per step: the Tweedie evaluation of final_step="denoise"."""
+    return 1 if options.get("final_step") == "denoise" else 0
+
+
+def _final_options(lower_order_final: Union[bool, int], final_step: str):
+    """lower_order_final as a threshold (True: LOWER_ORDER_FINAL_BELOW, False: 0) and the final
+    step rule, checked."""
+    if not isinstance(lower_order_final, bool):
+        lower_order_final = _checks.integer("lower_order_final", lower_order_final, 0)
+    threshold = LOWER_ORDER_FINAL_BELOW if lower_order_final is True else int(lower_order_final)
+    return threshold, _checks.choice("final_step", final_step, FINAL_STEPS)
+
+
+def _to_zero(loop: Loop, i: int, final_step: str) -> bool:
+    """Whether step i is final_step="zero"'s jump to sigma = 0."""
+    return final_step == "zero" and loop.is_last(i)
+
+
+def _finish(model: ScoreModel, x: torch.Tensor, loop: Loop, final_step: str) -> torch.Tensor:
+    """The state a solver returns: with final_step="denoise", `Loop.denoise` (what
+    `sample(denoise=True)` does)."""
+    return loop.denoise(model, x, "final_step='denoise'") if final_step == "denoise" else x
 
 
 @register("ddim", kind="ode", order=1, evals_per_step=1, affine=True, description="DDIM = DPM-Solver-1")
@@ -82,21 +119,25 @@ def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
 
 
 @register("dpm++2m", kind="ode", order=2, evals_per_step=1, affine=True, defaults={"history": 2},
-          description="multistep DPM-Solver++(2M)")
+          extra_evals=_final_step_evals, description="multistep DPM-Solver++(2M)")
 @register("dpm++3m", kind="ode", order=3, evals_per_step=1, affine=True, defaults={"history": 3},
-          description="multistep DPM-Solver++(3M)")
+          extra_evals=_final_step_evals, description="multistep DPM-Solver++(3M)")
 def dpm_multistep(
     model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 2,
-    lower_order_final: bool = True
+    lower_order_final: Union[bool, int] = LOWER_ORDER_FINAL_BELOW, final_step: str = "t_end"
 ) -> torch.Tensor:
     # Lu et al. 2022b, Algorithm 2 (2M) and its third-order extension, data prediction
     history = _checks.integer("history", history, 1, 3)
+    below, final_step = _final_options(lower_order_final, final_step)
     g, x0s = loop.grid, History(history)
     for i, t, t_next in loop.steps():
         x0s.push(g.lam[i], model.x0(x, t))
-        x = dpm_multistep_update(g, i, x, x0s, multistep_order(i, loop.num_steps, history, lower_order_final))
+        if _to_zero(loop, i, final_step):
+            x = x0s.values[-1]
+        else:
+            x = dpm_multistep_update(g, i, x, x0s, multistep_order(i, loop.num_steps, history, below))
         loop.done(i, x, x0s.values[-1])
-    return x
+    return _finish(model, x, loop, final_step)
 
 
 def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int) -> torch.Tensor:
@@ -159,7 +200,8 @@ def _solve_vandermonde(r: Sequence[Scalar], b: Sequence[Scalar]) -> List[Scalar]
     return [with_value(y, v) for y, v in zip(rho_t.unbind(), rho.tolist())]
 
 
-@register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, description="UniPC (UniP-p + UniC), bh1/bh2")
+@register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+          description="UniPC (UniP-p + UniC), bh1/bh2")
 def unipc(
     model: ScoreModel,
     x: torch.Tensor,
@@ -169,17 +211,23 @@ def unipc(
     history: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
-    lower_order_final: bool = True,
+    lower_order_final: Union[bool, int] = LOWER_ORDER_FINAL_BELOW,
+    final_step: str = "t_end",
 ) -> torch.Tensor:
     # Zhao et al. 2023, Algorithms 2-3 (UniPC-p with B(h) = h or e^h - 1, p = history), data
     # prediction. The corrector reuses the evaluation at the predicted point, so it costs no
     # extra NFE and UniPC-p with the corrector has order p + 1.
     history = _checks.integer("history", history, 1, 3)
     variant = _checks.choice("variant", variant, ("bh1", "bh2"))
+    below, final_step = _final_options(lower_order_final, final_step)
     g, x0s = loop.grid, History(3)
     x0s.push(g.lam[0], model.x0(x, g.t[0]))
     for i, t, t_next in loop.steps():
-        p = multistep_order(i, loop.num_steps, history, lower_order_final)
+        if _to_zero(loop, i, final_step):
+            x = x0s.values[-1]
+            loop.done(i, x, x)
+            break
+        p = multistep_order(i, loop.num_steps, history, below)
         lam_hist, x0_hist = x0s.lam, x0s.values
         h = g.h(i)
         rks = [(lam_hist[-(k + 1)] - lam_hist[-1]) / h for k in range(1, p)]
@@ -195,71 +243,129 @@ def unipc(
                 x = x_base - (a_t * b_h) * corr
             x0s.push(g.lam[i + 1], x0_next)
         loop.done(i, x, x0s.values[-1])
-    return x
+    return _finish(model, x, loop, final_step)
 
 
 _ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
 def _sigma_hat_multistep(model: ScoreModel, x: torch.Tensor, loop: Loop, history: int,
-                         weights: Callable[[List[float], int, int], List[float]]) -> torch.Tensor:
+                         weights: Callable[[List[Scalar], Scalar, Scalar], List[Scalar]],
+                         lower_order_final: Union[bool, int], final_step: str) -> torch.Tensor:
     """Adams-Bashforth in y = x/alpha against sigma_hat: y_{i+1} = y_i + sum_k w_k eps_{i-k},
-    with w = weights(sigma_hat, i, number of eps values so far), lower order for the first steps."""
+    with w = weights(sigma_hat of the p newest eps, newest first; sigma_hat_i; sigma_hat_{i+1}),
+    p = multistep_order (lower order for the first steps, and the last ones below the threshold).
+    The jump of final_step="zero" integrates to sigma_hat = 0, where x = y."""
     history = _checks.integer("history", history, 1, 4)
+    below, final_step = _final_options(lower_order_final, final_step)
     g, eps = loop.grid, History(history)
     for i, t, t_next in loop.steps():
         eps.push(g.lam[i], model.eps(x, t))
-        w = weights(g.sigma_hat, i, len(eps))
-        x = g.alpha[i + 1] * (x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, reversed(eps.values))))
+        p = multistep_order(i, loop.num_steps, history, below)
+        zero = _to_zero(loop, i, final_step)
+        w = weights([g.sigma_hat[i - j] for j in range(p)], g.sigma_hat[i], 0.0 if zero else g.sigma_hat[i + 1])
+        y = x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, reversed(eps.values)))
+        x = y if zero else g.alpha[i + 1] * y
         loop.done(i, x)
-    return x
+    return _finish(model, x, loop, final_step)
 
 
-@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True,
+@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
           description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
-def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 4) -> torch.Tensor:
+def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 4,
+          lower_order_final: Union[bool, int] = 0, final_step: str = "t_end") -> torch.Tensor:
     # Zhang & Chen 2023 (DEIS), iPNDM: Adams-Bashforth with equal-step weights on eps
-    def weights(sigma_hat, i, k):
-        return [(sigma_hat[i + 1] - sigma_hat[i]) * c for c in _ADAMS_BASHFORTH[k]]
+    def weights(nodes, lo, hi):
+        return [(hi - lo) * c for c in _ADAMS_BASHFORTH[len(nodes)]]
 
-    return _sigma_hat_multistep(model, x, loop, history, weights)
+    return _sigma_hat_multistep(model, x, loop, history, weights, lower_order_final, final_step)
 
 
-def _lagrange_integrals(nodes: List[Scalar], lo: Scalar, hi: Scalar) -> List[Scalar]:
-    """int_lo^hi l_j(s) ds for the Lagrange basis polynomials l_j on `nodes`, by numpy; when
-    any entry is a tensor, also by the same expansion in tensor arithmetic for the derivatives."""
+#: the variable in which `deis` fits its eps polynomial: rho = sigma_hat (the paper's rhoAB-DEIS)
+#: or log rho (diffusers' DEISMultistepScheduler, solver_type="logrho")
+DEIS_BASES = ("rho", "log_rho")
+
+
+def _lagrange_integrals(nodes: List[Scalar], lo: Scalar, hi: Scalar, basis: str = "rho") -> List[Scalar]:
+    """int_lo^hi l_j(s) ds for the Lagrange basis polynomials l_j on `nodes` in s (basis "rho")
+    or in log s ("log_rho"; nodes, lo > 0, hi >= 0), by numpy (rho) or float arithmetic (log
+    rho); when any entry is a tensor, also by the same expansion in tensor arithmetic for the
+    derivatives."""
     if len(nodes) == 1:
         return [hi - lo]
     tensors = any(isinstance(v, torch.Tensor) for v in (*nodes, lo, hi))
     values, lo_f, hi_f = ([as_float(n) for n in nodes], as_float(lo), as_float(hi)) if tensors else (nodes, lo, hi)
+    if basis == "log_rho":
+        out = [_log_lagrange_integral(values, j, lo_f, hi_f) for j in range(len(values))]
+        if not tensors:
+            return out
+        return [with_value(_log_lagrange_integral(nodes, j, lo, hi), v) for j, v in enumerate(out)]
     out = []
     for j, node in enumerate(values):
         others = [n for k, n in enumerate(values) if k != j]
-        basis = np.polynomial.Polynomial.fromroots(others) / np.prod([node - n for n in others])
-        antiderivative = basis.integ()
+        basis_j = np.polynomial.Polynomial.fromroots(others) / np.prod([node - n for n in others])
+        antiderivative = basis_j.integ()
         out.append(float(antiderivative(hi_f) - antiderivative(lo_f)))
     if not tensors:
         return out
     return [with_value(_lagrange_integral(nodes, j, lo, hi), v) for j, v in enumerate(out)]
 
 
-def _lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) -> Scalar:
-    """int_lo^hi l_j(s) ds in scalar arithmetic (differentiable): the coefficients of
-    prod_{k != j} (s - nodes_k) integrated term by term, over prod_{k != j} (nodes_j - nodes_k)."""
-    coef, denom = [1.0], 1.0  # ascending powers
+def _basis_coefficients(nodes: List[Scalar], j: int):
+    """(ascending coefficients of prod_{k != j} (u - nodes_k), prod_{k != j} (nodes_j - nodes_k)):
+    l_j(u) is the first over the second."""
+    coef, denom = [1.0], 1.0
     for k, root in enumerate(nodes):
         if k != j:
             coef = [(coef[m - 1] if m else 0.0) - (root * coef[m] if m < len(coef) else 0.0)
                     for m in range(len(coef) + 1)]
             denom = denom * (nodes[j] - root)
+    return coef, denom
+
+
+def _lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) -> Scalar:
+    """int_lo^hi l_j(s) ds in scalar arithmetic (differentiable): the coefficients of
+    prod_{k != j} (s - nodes_k) integrated term by term, over prod_{k != j} (nodes_j - nodes_k)."""
+    coef, denom = _basis_coefficients(nodes, j)
     return sum(c * (hi ** (m + 1) - lo ** (m + 1)) / (m + 1) for m, c in enumerate(coef)) / denom
 
 
-@register("deis", kind="ode", order=3, evals_per_step=1, affine=True, description="rho-AB-DEIS (variable-step AB)")
-def deis(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 3) -> torch.Tensor:
-    # Zhang & Chen 2023, rhoAB-DEIS: eps extrapolated by the Lagrange polynomial through the
-    # last `history` points in rho = sigma_hat and integrated exactly over the step
-    def weights(sigma_hat, i, k):
-        return _lagrange_integrals([sigma_hat[i - j] for j in range(k)], sigma_hat[i], sigma_hat[i + 1])
+def _log_lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) -> Scalar:
+    """int_lo^hi l_j(log s) ds, l_j the Lagrange basis on log(nodes), in scalar arithmetic: with
+    u = log s, int P(u) e^u du = e^u Q(u) for Q = P - P' + P'' - ..., so the antiderivative is
+    s Q(log s), which tends to 0 as s -> 0."""
+    coef, denom = _basis_coefficients([log(n) for n in nodes], j)
+    q, d, sign = list(coef), list(coef), 1.0
+    while len(d) > 1:
+        d, sign = [m * d[m] for m in range(1, len(d))], -sign
+        q = [q[m] + sign * d[m] if m < len(d) else q[m] for m in range(len(q))]
 
-    return _sigma_hat_multistep(model, x, loop, history, weights)
+    def antiderivative(s):
+        if as_float(s) == 0.0:
+            return 0.0
+        u = log(s)
+        return s * sum(c * u**m for m, c in enumerate(q))
+
+    return (antiderivative(hi) - antiderivative(lo)) / denom
+
+
+@register("deis", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+          description="DEIS (variable-step AB in rho or log rho)")
+def deis(
+    model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 3, basis: str = "log_rho",
+    lower_order_final: Union[bool, int] = 0, final_step: str = "t_end"
+) -> torch.Tensor:
+    """basis="log_rho" (default) fits eps in log rho, as diffusers' DEIS; "rho" is the paper's
+    rhoAB-DEIS. log rho is the default because it had the smaller terminal RMSE in 47 of 48 cells
+    of `benchmarks/final_steps.py deis` (ring2d and gmm16d under VP and EDM, logsnr and karras
+    grids, 5/10/20 NFE, history 2 and 3; rho 1.5x worse in geometric mean at history 2, 1.7x at
+    3; benchmarks/results/final_steps_deis.json). Its lower_order_final default, 0, and the
+    others' 15 come from the same script's `final` runs (final_steps_{logsnr,karras}.json)."""
+    # Zhang & Chen 2023, rhoAB-DEIS: eps extrapolated by the Lagrange polynomial through the
+    # last `history` points in rho = sigma_hat (or in log rho) and integrated exactly over the step
+    basis = _checks.choice("basis", basis, DEIS_BASES)
+
+    def weights(nodes, lo, hi):
+        return _lagrange_integrals(nodes, lo, hi, basis)
+
+    return _sigma_hat_multistep(model, x, loop, history, weights, lower_order_final, final_step)

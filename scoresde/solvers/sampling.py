@@ -12,7 +12,7 @@ from .. import _checks
 from ..model import ScoreModel
 from ..schedules import MAX_STEPS, ScheduleSpec, get_schedule
 from ..sde import SDE
-from ._loop import Loop, NonFiniteError, RowGenerators, StateHook
+from ._loop import Loop, RowGenerators, StateHook
 from .backends import TORCHDIFFEQ_FIXED
 from .hooks import Inpainting
 from .registry import available, get
@@ -127,6 +127,8 @@ def sample(
             f"unknown option(s) {', '.join(sorted(unknown))} for solver {info.name!r}; "
             f"it accepts: {', '.join(info.options) or 'no options'}"
         )
+    if denoise and solver_options.get("final_step") == "denoise":
+        raise _checks.fail("denoise", "False with final_step='denoise' (that is the same final evaluation)", denoise)
     on_grid = _steps_on_grid(info, solver_options)
     if steps is not None:
         if _checks.integer("steps", steps, low=1) > MAX_STEPS:  # before any grid is allocated
@@ -180,12 +182,7 @@ def sample(
         finally:
             loop.close()
         if denoise:
-            x = model.x0(x, loop.times[-1])
-            if not bool(torch.isfinite(x).all()):  # one host read, after the solve
-                raise NonFiniteError(f"non-finite values from the final denoising evaluation (denoise=True) at "
-                                     f"t={float(ts[-1]):.6g}")
-            if state_hook is not None:
-                x = state_hook(x, loop.times[-1], True)
+            x = loop.denoise(model, x, "denoise=True")
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)  # wall time of the work, not of its launch
     seconds = time.perf_counter() - start
