@@ -52,7 +52,8 @@ def no_work(monkeypatch):
 
 def test_train_writes_the_run_folder_and_sample_reads_it(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--steps", "200", "--lr", "3e-3", "--sample-every", "100", "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--steps", "200", "--lr", "3e-3", "--sample-every", "100", "--prediction", "eps",
+                 "--out", str(out)]) == 0
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and "step 200" in summary[0] and str(out) in summary[0]
     for name in ("checkpoint.pt", "config.toml", "loss.csv", "loss.png", "samples_100.png", "samples_200.png"):
@@ -66,6 +67,7 @@ def test_train_writes_the_run_folder_and_sample_reads_it(tmp_path, capsys):
     assert secs == sorted(secs)
     stored = TrainConfig.from_toml(out / "config.toml")  # the resolved configuration
     assert stored.net == "mlp" and stored.steps == 200 and stored.hidden == 32 and stored.lr == 3e-3
+    assert stored.prediction == "eps" and TrainConfig("moons").prediction == "v"  # v unless asked (prediction_types.py)
     assert main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--solver", "dpm++2m", "--steps", "10",
                  "--n", "256", "--out", str(tmp_path / "samples")]) == 0
     x = torch.load(tmp_path / "samples" / "checkpoint_dpm++2m_10.pt", weights_only=True)["x"]
