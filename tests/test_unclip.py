@@ -217,3 +217,18 @@ def test_tiny_pipeline_end_to_end_shapes_nfe_and_stage_files(tmp_path):
     one_line(err)
     with pytest.raises(ValueError, match="needs a prior"):
         UnCLIP(clip, dec_tr.ema_model, None, decoder_condition="image_embedding")
+
+
+def test_the_unclip_command_refuses_a_caption_it_cannot_read_before_any_training(tmp_path, capsys, monkeypatch):
+    import scoresde.unclip as unclip
+    from scoresde.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the bad caption was refused")
+
+    monkeypatch.setattr(unclip, "train_unclip", no_training)
+    assert main(["unclip", "--quick", "--caption", "a purple seven", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "caption must be of the form" in err[0] and "a purple seven" in err[0]
+    assert main(["unclip", "--quick", "--decoder-scale", "-1", "--out", str(tmp_path)]) == 2
+    assert "--decoder-scale must be" in capsys.readouterr().err

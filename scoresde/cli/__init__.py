@@ -20,13 +20,13 @@ import os
 import sys
 from typing import List, Optional
 
-from . import bench, nll, sample, schedule, sdes, train
+from . import bench, nll, sample, schedule, sdes, train, unclip
 from ._args import Formatter, Parser, UsageError, check_ints
 
 __all__ = ["main", "build_parser"]
 
 #: the subcommands, in the order --help lists them
-COMMANDS = (train, sample, sdes, nll, bench, schedule)
+COMMANDS = (train, sample, sdes, nll, bench, schedule, unclip)
 
 
 def build_parser() -> argparse.ArgumentParser:
