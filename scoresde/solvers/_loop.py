@@ -19,7 +19,7 @@ from ..sde import SDE
 
 __all__ = ["NonFiniteError", "Loop", "Grid", "History", "multistep_order", "StateHook", "Noise", "NoiseFn",
            "RowGenerators", "LOWER_ORDER_FINAL_BELOW", "EvalWatch", "Scalar", "expm1", "exp", "log", "sqrt",
-           "with_value", "as_float", "differentiable"]
+           "with_value", "as_float", "differentiable", "t_of_log_snr"]
 
 #: a step coefficient: a Python float, or a 0-d float64 tensor on a differentiable grid
 Scalar = Union[float, torch.Tensor]
@@ -56,6 +56,19 @@ def sqrt(v: Scalar) -> Scalar:
 class NonFiniteError(RuntimeError):
     """A sampler produced NaN or inf; the message names the step (or the network evaluation)
     and the time where it first appeared."""
+
+
+def t_of_log_snr(sde: SDE, lam: torch.Tensor) -> torch.Tensor:
+    """`sde.t_of_log_snr(lam)` in lam's autograd graph: an inverse without a graph (the bisection
+    of AffineSDE) gets dt/dlam = 1 / lambda'(t) attached by the implicit function theorem, the
+    value staying t exactly."""
+    t = sde.t_of_log_snr(lam)
+    if lam.requires_grad and not t.requires_grad:
+        with torch.enable_grad():
+            probe = t.detach().requires_grad_(True)
+            (dlam_dt,) = torch.autograd.grad(sde.log_snr(probe).sum(), probe)
+        t = t + (lam - lam.detach()) / dlam_dt
+    return t
 
 
 def differentiable(ts: torch.Tensor) -> bool:
@@ -110,14 +123,7 @@ class Grid:
         if not isinstance(lam, torch.Tensor):
             t = self.sde.t_of_log_snr(torch.tensor(lam, dtype=torch.float64))
             return float(t), float(self.sde.alpha(t)), float(self.sde.sigma(t))
-        t = self.sde.t_of_log_snr(lam)
-        if lam.requires_grad and not t.requires_grad:
-            # an inverse without a graph (the bisection of AffineSDE): attach dt/dlam =
-            # 1 / lambda'(t) by the implicit function theorem; the value stays t exactly
-            with torch.enable_grad():
-                probe = t.detach().requires_grad_(True)
-                (dlam_dt,) = torch.autograd.grad(self.sde.log_snr(probe), probe)
-            t = t + (lam - lam.detach()) / dlam_dt
+        t = t_of_log_snr(self.sde, lam)
         return t, self.sde.alpha(t), self.sde.sigma(t)
 
     def transition(self, i: int) -> Tuple[Scalar, Scalar]:

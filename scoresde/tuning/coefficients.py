@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -31,12 +31,12 @@ from ..schedules import check_end, validate
 from ..solvers import Grid, NonFiniteError, get, sample
 from ..solvers._loop import as_float
 from ..solvers.learned import LEARNED, NATIVE, Coefficients, coefficients_of
+from .steps import LOSSES, grid_from_logits, logits_of_grid, training_loss
 
 __all__ = ["COEFFICIENTS_DEFAULTS", "LOSSES", "LearnedCoefficients", "check_options", "learn_coefficients",
            "tune_coefficients", "LEARNED"]
 
 #: the losses of per-sample endpoint errors (as method "steps")
-LOSSES = ("mse", "huber", "cvar")
 #: method "coefficients"' settings (module docstring): lr the Adam step on the residuals,
 #: lr_grid on the grid's logits (0: the start grid stays), epochs of ceil(B / batch_size)
 #: iterations, history None (the initial solver's rows) or the row length to widen them to
@@ -161,7 +161,7 @@ def learn_coefficients(
     len_b = [max(len(c_start.b[i]), min(i + 1, widen)) for i in range(steps)]
     u = [torch.zeros(n, dtype=torch.float64, requires_grad=True) for n in len_a]
     v = [torch.zeros(n, dtype=torch.float64, requires_grad=True) for n in len_b]
-    logits = _logits_of_grid(sde, start).clone().requires_grad_(o["lr_grid"] > 0)
+    logits = logits_of_grid(sde, start).clone().requires_grad_(o["lr_grid"] > 0)
     groups = [{"params": u + v, "lr": o["lr"]}]
     if o["lr_grid"] > 0:
         groups.append({"params": [logits], "lr": o["lr_grid"]})
@@ -170,7 +170,7 @@ def learn_coefficients(
     def current(grad: bool) -> Tuple[torch.Tensor, Coefficients]:
         """The grid and the weights of the parameters (0-d tensors in their graph when grad)."""
         with torch.set_grad_enabled(grad):
-            ts = _grid_from_logits(sde, logits, start) if o["lr_grid"] > 0 else start
+            ts = grid_from_logits(sde, logits, float(start[-1])) if o["lr_grid"] > 0 else start
             g = Grid.of(sde, ts, grad=grad and o["lr_grid"] > 0)
             c0 = coefficients_of(init_solver, g, **init_options)
             a, b = [], []
@@ -203,7 +203,7 @@ def learn_coefficients(
     with torch.no_grad():
         e_start = errors(x_cal, y_cal, start, c_start, grad=False)
     scale2 = max((o["huber_scale"] ** 2) * float(e_start.mean()), 1e-300)
-    loss_fn = _loss(o["loss"], o["cvar_alpha"], scale2)
+    loss_fn = training_loss(o["loss"], o["cvar_alpha"], scale2)
     best = validation(start, c_start)
     loss_start, best_state, best_epoch, since, iterations = best, (start.clone(), start_options), 0, 0, 0
     train_history: List[float] = []
@@ -277,39 +277,3 @@ def _as_coefficients(options: Mapping[str, List[List[float]]]) -> Coefficients:
     return Coefficients(options["a"], options["b"])
 
 
-def _t_of_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
-    t = sde.t_of_log_snr(lam)
-    if lam.requires_grad and not t.requires_grad:  # a bisected inverse: attach dt/dlam = 1/lambda'(t)
-        with torch.enable_grad():
-            probe = t.detach().requires_grad_(True)
-            (dlam_dt,) = torch.autograd.grad(sde.log_snr(probe).sum(), probe)
-        t = t + (lam - lam.detach()) / dlam_dt
-    return t
-
-
-def _grid_from_logits(sde, logits: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """The grid whose log-SNR increments are proportional to softmax(logits), with start's ends
-    bit for bit (as method "steps"' grid_from_logits)."""
-    lam_T, lam_end = float(sde.log_snr(start[:1])), float(sde.log_snr(start[-1:]))
-    fractions = torch.cumsum(torch.softmax(logits, 0), 0)[:-1]
-    inner = _t_of_log_snr(sde, lam_T + (lam_end - lam_T) * fractions)
-    return torch.cat([start[:1], inner, start[-1:]])
-
-
-def _logits_of_grid(sde, times: torch.Tensor) -> torch.Tensor:
-    widths = torch.diff(sde.log_snr(times.to(torch.float64)))
-    return torch.log(widths / widths.sum())
-
-
-def _loss(name: str, alpha: float, scale2: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The training loss of per-sample mean squared errors e (B,) (as method "steps")."""
-    if name == "mse":
-        return lambda e: e.mean()
-    if name == "huber":
-        return lambda e: (scale2 * (torch.sqrt(1 + e / scale2) - 1)).mean()
-
-    def cvar(e: torch.Tensor) -> torch.Tensor:
-        k = max(1, math.ceil(alpha * e.numel()))
-        return torch.topk(e, k).values.mean()
-
-    return cvar

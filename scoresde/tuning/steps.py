@@ -29,6 +29,7 @@ import torch
 from .. import _checks
 from ..model import ScoreModel
 from ..solvers import NonFiniteError, sample
+from ..solvers._loop import t_of_log_snr
 
 __all__ = ["ShiftedTime", "grid_from_logits", "logits_of_grid", "learn_steps", "LearnedSteps", "STEPS_DEFAULTS",
            "LOSSES", "OPTIMIZERS", "INITS", "check_options"]
@@ -84,7 +85,7 @@ class ShiftedTime(ScoreModel):
         shifted = torch.minimum(torch.maximum(lam + d, lam_nodes[0]), lam_nodes[-1])
         # t plus the shift's change of time: exactly t where d = 0, whatever the round trip
         # t -> lambda -> t costs
-        return t + (_t_of_log_snr(self.sde, shifted) - _t_of_log_snr(self.sde, lam)).to(t.dtype)
+        return t + (t_of_log_snr(self.sde, shifted) - t_of_log_snr(self.sde, lam)).to(t.dtype)
 
     def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
         out = self.model(x, self._batch_time(x, t), **cond)
@@ -99,23 +100,13 @@ class ShiftedTime(ScoreModel):
         return f"offsets={[round(float(v), 4) for v in self.offsets.detach()]}"
 
 
-def _t_of_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
-    t = sde.t_of_log_snr(lam)
-    if lam.requires_grad and not t.requires_grad:  # a bisected inverse: attach dt/dlam = 1/lambda'(t)
-        with torch.enable_grad():
-            probe = t.detach().requires_grad_(True)
-            (dlam_dt,) = torch.autograd.grad(sde.log_snr(probe).sum(), probe)
-        t = t + (lam - lam.detach()) / dlam_dt
-    return t
-
-
 def grid_from_logits(sde, logits: torch.Tensor, t_end: float) -> torch.Tensor:
     """The (steps + 1,) descending times whose log-SNR increments from lambda(T) to
     lambda(t_end) are proportional to softmax(logits) (steps,); differentiable in the logits,
     the ends exactly T and t_end."""
     lam_T, lam_end = float(sde.log_snr(sde.T)), float(sde.log_snr(t_end))
     fractions = torch.cumsum(torch.softmax(logits.to(torch.float64), 0), 0)[:-1]
-    inner = _t_of_log_snr(sde, lam_T + (lam_end - lam_T) * fractions)
+    inner = t_of_log_snr(sde, lam_T + (lam_end - lam_T) * fractions)
     ends = logits.new_tensor([sde.T, t_end], dtype=torch.float64)
     return torch.cat([ends[:1], inner, ends[1:]])
 
@@ -231,7 +222,7 @@ def learn_steps(
     with torch.no_grad():
         e_start = errors(x_cal, y_cal, start, torch.zeros(steps + 1, dtype=torch.float64), grad=False)
     scale2 = max((o["huber_scale"] ** 2) * float(e_start.mean()), 1e-300)  # c^2, c = huber_scale * start RMSE
-    loss_fn = _loss(o["loss"], o["cvar_alpha"], scale2)
+    loss_fn = training_loss(o["loss"], o["cvar_alpha"], scale2)
 
     best = validation(start, torch.zeros(steps + 1, dtype=torch.float64))
     loss_start = best
@@ -284,7 +275,7 @@ def learn_steps(
                         train_history, validation_history, iterations)
 
 
-def _loss(name: str, alpha: float, scale2: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def training_loss(name: str, alpha: float, scale2: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The training loss of per-sample mean squared errors e (B,)."""
     if name == "mse":
         return lambda e: e.mean()
