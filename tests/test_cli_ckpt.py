@@ -246,3 +246,8 @@ def test_a_classifier_checkpoint_loads_as_the_classifier_it_is(ckpts):
     assert isinstance(sd.load_model(ckpts["moons"]), sd.ScoreModel)
     assert not isinstance(sd.load_model(ckpts["moons"]), sd.classifier.NoisyClassifier)
     assert model(torch.zeros(3, 2), 0.5).shape == (3, 2)
+
+
+def test_nll_refuses_dequantization_draws_for_continuous_data(ckpts, capsys, no_work):
+    _refused(capsys, ["nll", "--ckpt", ckpts["moons"], "--data", "moons", "--draws", "4"],
+             "--draws must be 1 for continuous data", "got 4")

@@ -88,6 +88,9 @@ def _checkpoint_nll(args: argparse.Namespace, dtype: torch.dtype, gen: torch.Gen
     path = input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
     state = score_checkpoint(path, "--ckpt")
     data = checkpoint_data(state, args.data, args.split, name="--data", dtype=dtype, device=args.device)
+    if data.name != "digits" and args.draws != 1:
+        raise _checks.fail("--draws", "1 for continuous data (dequantization draws are for the discrete digits)",
+                           args.draws)
     model = load_model(path, args.weights, device=args.device, dtype=dtype)
     x = data.x[: args.samples]
     n = x.shape[0]
