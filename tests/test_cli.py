@@ -12,6 +12,8 @@ import scoresde as sd
 from scoresde import bench
 from scoresde.cli import build_parser, main
 
+from _cli import refused as _refused
+
 
 def test_sample_command_writes_samples_and_plot(tmp_path, capsys):
     assert main(["sample", "--problem", "bimodal1d", "--sde", "edm", "--solver", "dpm++2m", "--steps", "8",
@@ -150,17 +152,6 @@ def no_work(monkeypatch):
     for module, name in ((scoresde.solvers, "sample"), (bench, "run_benchmark"), (scoresde.tuning, "optimize"),
                          (scoresde.likelihood, "log_likelihood"), (scoresde.likelihood, "bits_per_dim")):
         monkeypatch.setattr(module, name, work)
-
-
-def _refused(capsys, argv, *words):
-    """main(argv) exits 2 with one stderr line that names each of `words` (flag, given, why)."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scoresde: error: "), captured.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

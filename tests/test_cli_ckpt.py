@@ -14,6 +14,8 @@ import scoresde as sd
 from scoresde import bench
 from scoresde.cli import main
 
+from _cli import refused as _refused
+
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
@@ -76,17 +78,6 @@ def no_work(monkeypatch):
     for module, name in ((scoresde.solvers, "sample"), (bench, "run_benchmark"),
                          (scoresde.likelihood, "log_likelihood"), (scoresde.likelihood, "bits_per_dim")):
         monkeypatch.setattr(module, name, work)
-
-
-def _refused(capsys, argv, *words):
-    """main(argv) exits 2 with one stderr line that names each of `words`."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scoresde: error: "), captured.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def test_bench_measures_a_checkpoint_on_its_data_sets_held_out_split(ckpts, tmp_path, capsys):

@@ -14,6 +14,8 @@ from safetensors import safe_open
 
 import scoresde.training.recipe as recipe
 from scoresde.cli import main
+
+from _cli import refused as _refused
 from scoresde.training import TrainConfig, Trainer
 
 TINY = ["--data", "moons", "--hidden", "32", "--depth", "2", "--batch-size", "64", "--no-progress"]
@@ -28,17 +30,6 @@ def _tensors(path):
     """Every tensor of a checkpoint by name, and its JSON body and digest."""
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-
-
-def _refused(capsys, argv, *words):
-    """main(argv) exits 2 with one stderr line that names each of `words`."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scoresde: error: "), captured.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
