@@ -311,7 +311,7 @@ def _lagrange_integrals(nodes: List[Scalar], lo: Scalar, hi: Scalar, basis: str 
     return [with_value(_lagrange_integral(nodes, j, lo, hi), v) for j, v in enumerate(out)]
 
 
-def _basis_coefficients(nodes: List[Scalar], j: int):
+def lagrange_basis(nodes: Sequence[Scalar], j: int):
     """(ascending coefficients of prod_{k != j} (u - nodes_k), prod_{k != j} (nodes_j - nodes_k)):
     l_j(u) is the first over the second."""
     coef, denom = [1.0], 1.0
@@ -326,7 +326,7 @@ def _basis_coefficients(nodes: List[Scalar], j: int):
 def _lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) -> Scalar:
     """int_lo^hi l_j(s) ds in scalar arithmetic (differentiable): the coefficients of
     prod_{k != j} (s - nodes_k) integrated term by term, over prod_{k != j} (nodes_j - nodes_k)."""
-    coef, denom = _basis_coefficients(nodes, j)
+    coef, denom = lagrange_basis(nodes, j)
     return sum(c * (hi ** (m + 1) - lo ** (m + 1)) / (m + 1) for m, c in enumerate(coef)) / denom
 
 
@@ -334,7 +334,7 @@ def _log_lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) 
     """int_lo^hi l_j(log s) ds, l_j the Lagrange basis on log(nodes), in scalar arithmetic: with
     u = log s, int P(u) e^u du = e^u Q(u) for Q = P - P' + P'' - ..., so the antiderivative is
     s Q(log s), which tends to 0 as s -> 0."""
-    coef, denom = _basis_coefficients([log(n) for n in nodes], j)
+    coef, denom = lagrange_basis([log(n) for n in nodes], j)
     q, d, sign = list(coef), list(coef), 1.0
     while len(d) > 1:
         d, sign = [m * d[m] for m in range(1, len(d))], -sign

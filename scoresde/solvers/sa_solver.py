@@ -27,6 +27,7 @@ from .. import _checks
 from ..model import ScoreModel
 from ._loop import (LOWER_ORDER_FINAL_BELOW, Grid, History, Loop, Noise, NoiseFn, Scalar, as_float, exp, expm1,
                     multistep_order, sqrt)
+from .exponential import lagrange_basis
 from .registry import register
 
 __all__ = ["sa_solver", "sa_update", "sa_weights"]
@@ -47,12 +48,7 @@ def _moments(c: float, h: Scalar, n: int) -> List[Scalar]:
 
 def _basis(nodes: Sequence[Scalar], j: int) -> List[Scalar]:
     """Ascending power coefficients of the Lagrange basis polynomial l_j on `nodes`."""
-    coef, denom = [1.0], 1.0
-    for k, root in enumerate(nodes):
-        if k != j:
-            coef = [(coef[m - 1] if m else 0.0) - (root * coef[m] if m < len(coef) else 0.0)
-                    for m in range(len(coef) + 1)]
-            denom = denom * (nodes[j] - root)
+    coef, denom = lagrange_basis(nodes, j)
     return [v / denom for v in coef]
 
 
