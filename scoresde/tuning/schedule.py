@@ -63,14 +63,7 @@ class OptimizedSchedule:
         """`times`, after checking that `sde`, `solver` (if given), `steps` (if given) and
         `t_end` (if given) are the ones it was tuned for: a grid tuned for one setting is no
         better than a fixed one in another."""
-        if sde.fingerprint() != self.sde_fingerprint:
-            raise _checks.fail("sde", f"the SDE this schedule was tuned for, {self.sde}", sde)
-        if solver is not None and get(solver).name != get(self.solver).name:
-            raise _checks.fail("solver", f"{self.solver!r}, which this schedule was tuned for at nfe={self.nfe}", solver)
-        if steps is not None and steps != self.steps:
-            raise _checks.fail("steps", f"None or this tuned schedule's {self.steps} (solver {self.solver!r}, "
-                                        f"nfe={self.nfe})", steps)
-        return get_schedule(self.times, sde, None, t_end)
+        return tuned_grid(self, "schedule", sde, solver, steps, t_end)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "times": self.times.tolist()}
@@ -222,6 +215,20 @@ def optimize(
             best_ts, best = grid(result.x), found[tuple(result.x)]
     return OptimizedSchedule(best_ts, repr(sde), sde.fingerprint(), info.name, int(nfe), start, fixed[start], best,
                              history, model.nfe - nfe_start, x_T.shape[0])
+
+
+def tuned_grid(tuned, what: str, sde: SDE, solver: Optional[str], steps: Optional[int],
+               t_end: Optional[float]) -> torch.Tensor:
+    """`tuned.times` (a tuned `what`: "schedule" or "sampler", with sde_fingerprint, solver, nfe
+    and steps), refused for another SDE, solver (if given) or step count (if given)."""
+    if not isinstance(sde, SDE) or sde.fingerprint() != tuned.sde_fingerprint:
+        raise _checks.fail("sde", f"the SDE this {what} was tuned for, {tuned.sde}", sde)
+    if solver is not None and get(solver).name != get(tuned.solver).name:
+        raise _checks.fail("solver", f"{tuned.solver!r}, which this {what} was tuned for at nfe={tuned.nfe}", solver)
+    if steps is not None and steps != tuned.steps:
+        raise _checks.fail("steps", f"None or this tuned {what}'s {tuned.steps} (solver {tuned.solver!r}, "
+                                    f"nfe={tuned.nfe})", steps)
+    return get_schedule(tuned.times, sde, None, t_end)
 
 
 def _grid_from_logits(sde: AffineSDE, logits, lam_T: float, lam_end: float, t_end: float) -> Optional[torch.Tensor]:

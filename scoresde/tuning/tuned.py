@@ -16,10 +16,9 @@ import torch
 from .. import _checks
 from ..data import GaussianMixture
 from ..model import ScoreModel
-from ..schedules import get_schedule
 from ..sde import SDE
-from ..solvers import SampleResult, get, sample
-from .schedule import OptimizedSchedule
+from ..solvers import SampleResult, sample
+from .schedule import OptimizedSchedule, tuned_grid
 from .steps import ShiftedTime
 
 __all__ = ["TunedSampler", "model_fingerprint", "FORMAT", "FORMAT_VERSION"]
@@ -108,14 +107,7 @@ class TunedSampler:
              t_end: Optional[float] = None) -> torch.Tensor:
         """`times`, after checking that `sde`, `solver` (if given), `steps` (if given) and
         `t_end` (if given) are the ones it was tuned for."""
-        if not isinstance(sde, SDE) or sde.fingerprint() != self.sde_fingerprint:
-            raise _checks.fail("sde", f"the SDE this sampler was tuned for, {self.sde}", sde)
-        if solver is not None and get(solver).name != get(self.solver).name:
-            raise _checks.fail("solver", f"{self.solver!r}, which this sampler was tuned for at nfe={self.nfe}", solver)
-        if steps is not None and steps != self.steps:
-            raise _checks.fail("steps", f"None or this tuned sampler's {self.steps} (solver {self.solver!r}, "
-                                        f"nfe={self.nfe})", steps)
-        return get_schedule(self.times, sde, None, t_end)
+        return tuned_grid(self, "sampler", sde, solver, steps, t_end)
 
     def check(self, model: ScoreModel) -> None:
         """Refuse a model other than the one this sampler was tuned to (by fingerprint)."""
