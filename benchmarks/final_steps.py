@@ -1,5 +1,6 @@
-"""deis' polynomial basis, the multistep solvers' lower_order_final and final_step, measured
-(the source of the deis default and of the final-step defaults in scoresde/solvers/exponential.py).
+"""deis' polynomial basis, the multistep solvers' lower_order_final and final_step, and heun's
+and edm-sde's last_step, measured (the source of the deis default, of the final-step defaults in
+scoresde/solvers/exponential.py and of the last_step default in scoresde/solvers/ode.py).
 
 Terminal RMSE (1000 samples, float64) against the reference PF-ODE solve from the same x_T:
 final_step t_end -> reference at t_end; denoise -> exact D(reference at t_end);
@@ -9,6 +10,10 @@ Usage (results in benchmarks/results/):
     OMP_NUM_THREADS=1 python benchmarks/final_steps.py deis benchmarks/results/final_steps_deis.json
     OMP_NUM_THREADS=1 python benchmarks/final_steps.py final benchmarks/results/final_steps_logsnr.json
     SCHEDULE=karras OMP_NUM_THREADS=1 python benchmarks/final_steps.py final benchmarks/results/final_steps_karras.json
+    OMP_NUM_THREADS=1 python benchmarks/final_steps.py last_step benchmarks/results/final_steps_last_step.json
+last_step: heun, and edm-sde with S_churn=0 (its deterministic form: Heun in sigma_hat), with an
+Euler or a Heun last step, on the logsnr and karras grids, within NFE budgets of 5, 10, 20 (never
+over: an Euler last step spends an odd count, a Heun one an even count; the rows record it).
 Set FINAL_STEPS_CACHE to a folder to keep the reference solves between runs.
 """
 import json, sys, os, itertools
@@ -45,12 +50,30 @@ def rmse(a, b):
     return float(((a - b) ** 2).mean().sqrt())
 
 
-def run(p, x_T, refs, solver, nfe, schedule, **opts):
+def run(p, x_T, refs, solver, nfe, schedule, exact_budget=True, **opts):
+    """Terminal RMSE within a budget of `nfe` evaluations (and the evaluations spent when
+    exact_budget=False, where a solver's counts may skip the budget)."""
     info = sd.solvers.get(solver)
     steps = info.steps_for_nfe(nfe, opts)
     out = sd.sample(p.model, x_T=x_T.clone(), solver=solver, steps=steps, schedule=schedule, **opts)
-    assert out.nfe == nfe == info.nfe(steps, opts), (solver, opts, out.nfe, nfe)
-    return rmse(out.x, refs[opts.get("final_step", "t_end")])
+    assert out.nfe == info.nfe(steps, opts) <= nfe and (out.nfe == nfe or not exact_budget), (solver, opts, out.nfe, nfe)
+    r = rmse(out.x, refs[opts.get("final_step", "t_end")])
+    return r if exact_budget else (r, out.nfe)
+
+
+def summarize_last_step(rows):
+    """Geometric mean over problems and grids of rmse(heun last step) / rmse(euler last step)."""
+    import math
+    for solver in ("heun", "edm-sde"):
+        for nfe in (5, 10, 20):
+            pairs = {}
+            for r in rows:
+                if r["solver"] == solver and r["nfe"] == nfe:
+                    pairs.setdefault((r["problem"], r["schedule"]), {})[r["last_step"]] = r["rmse"]
+            logs = [math.log(v["heun"] / v["euler"]) for v in pairs.values()]
+            wins = sum(v["heun"] < v["euler"] for v in pairs.values())
+            print(f"{solver} nfe<={nfe}: heun/euler last step rmse, geometric mean {math.exp(sum(logs) / len(logs)):.3f}; "
+                  f"heun last step better in {wins}/{len(logs)}", flush=True)
 
 
 def main(which, out_path):
@@ -63,6 +86,13 @@ def main(which, out_path):
                 r = run(p, x_T, refs, "deis", nfe, sched, basis=basis, history=hist)
                 rows.append(dict(problem=name, schedule=sched, nfe=nfe, basis=basis, history=hist, rmse=r))
                 print(rows[-1], flush=True)
+        elif which == "last_step":
+            for (solver, extra), sched, nfe, last in itertools.product(
+                    [("heun", {}), ("edm-sde", {"S_churn": 0.0})], ["logsnr", "karras"], [5, 10, 20], ["euler", "heun"]):
+                r, spent = run(p, x_T, refs, solver, nfe, sched, exact_budget=False, last_step=last, **extra)
+                rows.append(dict(problem=name, schedule=sched, solver=solver, nfe=nfe, nfe_spent=spent, last_step=last,
+                                 options=extra, rmse=r))
+                print(rows[-1], flush=True)
         else:
             for solver, nfe, lof, fs in itertools.product(sys.argv[3].split(",") if len(sys.argv) > 3 else ["dpm++2m", "dpm++3m", "unipc", "ipndm", "deis"], [5, 8, 10, 15],
                                                           [0, 1000], ["t_end", "zero", "denoise"]):
@@ -71,6 +101,8 @@ def main(which, out_path):
                                  final_step=fs, rmse=r))
                 print(rows[-1], flush=True)
     json.dump(rows, open(out_path, "w"), indent=1)
+    if which == "last_step":
+        summarize_last_step(rows)
 
 
 if __name__ == "__main__":

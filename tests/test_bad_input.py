@@ -127,7 +127,7 @@ ARGUMENT_ERRORS = [
     (lambda: interop.from_diffusers(lambda x, t: x, torch.full((2, 5), 0.01)),
      r"scheduler_or_betas must be a diffusers scheduler with `alphas_cumprod` or a 1-D sequence of betas; got .*\(2, 5\)"),
     (lambda: interop.SolverScheduler(ALPHAS_CUMPROD, schedule="foo"), r"schedule must be one of: uniform, quadratic, logsnr, karras; got 'foo'"),
-    (lambda: interop.SolverScheduler(ALPHAS_CUMPROD, lower_order_final="no"), r"lower_order_final must be True or False; got 'no'"),
+    (lambda: interop.SolverScheduler(ALPHAS_CUMPROD, lower_order_final="no"), r"lower_order_final must be True, False or an integer >= 0; got 'no'"),
     (lambda: interop.SolverScheduler(ALPHAS_CUMPROD).set_timesteps(timesteps="abc"), r"timesteps must be finite values in \[0, 9\].*; got 'abc'"),
     (lambda: interop.SolverScheduler(ALPHAS_CUMPROD).set_timesteps(3, timesteps=[5, 2]), r"exactly one of num_inference_steps or timesteps must be given; got both"),
     # tuning

@@ -1,6 +1,7 @@
-"""Final-step control of the multistep solvers (lower_order_final as a threshold, final_step) and
-deis's two polynomial bases, against exact answers: closed-form integrals, the DDIM identities of
-the jump to sigma = 0, and counted NFE."""
+"""Final-step control of the multistep solvers (lower_order_final as a threshold, final_step),
+heun's and edm-sde's last_step, and deis's two polynomial bases, against exact answers:
+closed-form integrals, the DDIM identities of the jump to sigma = 0, convergence slopes and
+counted NFE."""
 import numpy as np
 import pytest
 import torch
@@ -97,23 +98,71 @@ def test_lagrange_integrals_match_quadrature(basis, hi):
     assert t_got[1].requires_grad
 
 
+@pytest.fixture(scope="module")
+def reference():
+    """8 of the starting points and their tight reference solve to t_end."""
+    return X_T[:8], sd.solvers.reference_solve(ORACLE, X_T[:8]).x
+
+
 @pytest.mark.parametrize("basis", ["rho", "log_rho"])
-def test_deis_has_its_order_in_both_bases(basis):
+def test_deis_has_its_order_in_both_bases(basis, reference):
     """Terminal error of deis (history 3) against a tight reference falls like steps^-3 (the
     log-log slope over two doublings within 0.35, as in test_ode_solvers)."""
-    x_T = X_T[:8]
-    ref = sd.solvers.reference_solve(ORACLE, x_T).x
+    x_T, ref = reference
     errors = [float((sd.sample(ORACLE, x_T=x_T.clone(), solver="deis", steps=n, basis=basis).x - ref)
                     .pow(2).mean().sqrt()) for n in (80, 160, 320)]
     slope = -np.polyfit(np.log([80, 160, 320]), np.log(errors), 1)[0]
     assert abs(slope - 3) < 0.35, errors
 
 
+@pytest.mark.parametrize("solver", ["heun", "edm-sde"])
+@pytest.mark.parametrize("last_step", ["euler", "heun"])
+def test_last_step_nfe_is_what_the_registry_says(solver, last_step):
+    """A full Heun last step costs its second evaluation; the default (Euler) saves it."""
+    out = solve(solver, steps=5, last_step=last_step, generator=torch.Generator().manual_seed(0))
+    info = sd.solvers.get(solver)
+    assert out.nfe == info.nfe(5, {"last_step": last_step}) == 10 - (last_step == "euler")
+    assert info.steps_for_nfe(9, {"last_step": last_step}) == (5 if last_step == "euler" else 4)
+    assert info.extra_evals == -1  # the default is EDM's Euler last step
+
+
+@pytest.mark.parametrize("last_step", ["euler", "heun"])
+def test_edm_sde_without_churn_is_heun_under_edm(last_step):
+    """With S_churn = 0, edm-sde (Heun in sigma_hat) and heun (Heun in t) are the same method
+    under EDMSDE (t = sigma_hat, dx/dt = eps), last step included."""
+    edm = sd.EDMSDE()
+    oracle = sd.data.GaussianMixture.ring(modes=8).score_model(edm)
+    x_T = X_T * edm.sigma(edm.T)
+    runs = [sd.sample(oracle, x_T=x_T.clone(), solver=s, steps=6, schedule="karras", last_step=last_step, **o)
+            for s, o in (("heun", {}), ("edm-sde", {"S_churn": 0.0}))]
+    torch.testing.assert_close(runs[0].x, runs[1].x, rtol=1e-12, atol=1e-12)
+    other = sd.sample(oracle, x_T=x_T.clone(), solver="heun", steps=6, schedule="karras",
+                      last_step="heun" if last_step == "euler" else "euler").x
+    assert float((other - runs[0].x).abs().max()) > 1e-4
+
+
+def test_heun_with_a_heun_last_step_has_order_2(reference):
+    """Terminal error of heun with last_step="heun" against a tight reference falls like NFE^-2
+    (the log-log slope over two doublings within 0.35, as in test_ode_solvers)."""
+    x_T, ref = reference
+    nfes, errors = [], []
+    for steps in (40, 80, 160):
+        out = sd.sample(ORACLE, x_T=x_T.clone(), solver="heun", steps=steps, last_step="heun")
+        nfes.append(out.nfe)
+        errors.append(float((out.x - ref).pow(2).mean().sqrt()))
+    slope = -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+    assert nfes == [80, 160, 320] and abs(slope - 2) < 0.35, errors
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: solve("dpm++2m", final_step="end"), r"final_step must be one of: t_end, denoise, zero; got 'end'"),
-    (lambda: solve("unipc", lower_order_final=-1), r"lower_order_final must be an integer >= 0; got -1"),
-    (lambda: solve("deis", lower_order_final=2.5), r"lower_order_final must be an integer >= 0; got 2.5"),
+    (lambda: solve("unipc", lower_order_final=-1), r"lower_order_final must be True, False or an integer >= 0; got -1"),
+    (lambda: solve("deis", lower_order_final=2.5), r"lower_order_final must be True, False or an integer >= 0; got 2.5"),
     (lambda: solve("deis", basis="sigma"), r"basis must be one of: rho, log_rho; got 'sigma'"),
+    (lambda: solve("heun", last_step="midpoint"), r"last_step must be one of: euler, heun; got 'midpoint'"),
+    (lambda: solve("edm-sde", last_step=None), r"last_step must be one of: euler, heun; got None"),
+    (lambda: sd.solvers.get("heun").steps_for_nfe(10, {"last_step": "Heun"}),
+     r"last_step must be one of: euler, heun; got 'Heun'"),
 ])
 def test_bad_input_raises_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -1,5 +1,6 @@
 """scoresde.interop against exact answers: the Gaussian-mixture oracle exposed in diffusers' and
-k-diffusion's conventions, and diffusers' own DDIM / DPM-Solver++ schedulers on the same model."""
+k-diffusion's conventions, and diffusers' own DDIM / DPM-Solver++ / UniPC schedulers on the same
+model."""
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -290,6 +291,121 @@ def test_deis_log_rho_matches_diffusers_deis_on_the_same_grid(order, lower_order
     assert float((rho - x).abs().max()) > 1e-4
 
 
+def float64_unipc(steps, final_sigmas_type="sigma_min", **config):
+    """diffusers' UniPCMultistepScheduler with its float32 sigmas replaced by the exact float64
+    ones of its timesteps, so that a float64 loop runs it in float64 throughout."""
+    reference = diffusers.UniPCMultistepScheduler(final_sigmas_type=final_sigmas_type, **config)
+    reference.set_timesteps(steps)
+    ac = reference.alphas_cumprod.double()
+    sigma = ((1 - ac) / ac).sqrt()
+    last = sigma[:1] if final_sigmas_type == "sigma_min" else torch.zeros(1, dtype=torch.float64)
+    reference.sigmas = torch.cat([sigma[reference.timesteps], last])
+    return reference
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("corrector", [True, False])
+def test_unipc_matches_diffusers_unipc_scheduler_in_float64(order, variant, corrector):
+    """SolverScheduler(solver="unipc") is diffusers' UniPCMultistepScheduler with predict_x0=True,
+    solver_type=variant and disable_corrector=[] (corrector off: every step) on the same
+    timesteps: in float64 equal to round-off. diffusers' lower_order_final=True tapers at any
+    step count, ours above the threshold: 1000 here (True, 15, at 5 steps); False is 0."""
+    x_T = X_T[:64].double()
+    for steps, taper in [(5, True), (5, False), (20, True), (20, False)]:
+        reference = float64_unipc(steps, solver_order=order, solver_type=variant, lower_order_final=taper,
+                                  disable_corrector=[] if corrector else list(range(steps)))
+        unet = diffusers_oracle(reference.alphas_cumprod, "epsilon")
+        want = run_loop(reference, unet, x_T.clone())
+        ours = SolverScheduler.from_scheduler(reference, solver="unipc", final_sigmas_type="sigma_min", history=order,
+                                              variant=variant, corrector=corrector,
+                                              lower_order_final=(True if steps < 15 else 1000) if taper else False)
+        ours.set_timesteps(timesteps=reference.timesteps)
+        torch.testing.assert_close(run_loop(ours, unet, x_T.clone()), want, rtol=0, atol=1e-11)
+    # a wrong setting (the corrector flipped) moves the samples by far more
+    other = SolverScheduler.from_scheduler(reference, solver="unipc", final_sigmas_type="sigma_min", history=order,
+                                           variant=variant, corrector=not corrector, lower_order_final=False)
+    other.set_timesteps(timesteps=reference.timesteps)
+    assert float((run_loop(other, unet, x_T.clone()) - want).abs().max()) > 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_final_sigmas_zero_matches_diffusers_and_the_unipc_solver(order):
+    """final_sigmas_type="zero": the last step returns the data prediction, as diffusers' bh2 with
+    lower_order_final=True (its bh1, and any order > 1 on that step, give NaN or inf there: h is
+    infinite). The same loop is scoresde.sample's unipc with final_step="zero" on the grid."""
+    x_T = X_T[:64].double()
+    steps = 10
+    reference = float64_unipc(steps, "zero", solver_order=order)
+    unet = diffusers_oracle(reference.alphas_cumprod, "epsilon")
+    want = run_loop(reference, unet, x_T.clone())
+    ours = SolverScheduler.from_scheduler(reference, solver="unipc", history=order)
+    ours.set_timesteps(timesteps=reference.timesteps)
+    got = run_loop(ours, unet, x_T.clone())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+    model = from_diffusers(unet, reference)
+    ts = torch.cat([model.sde.t_of_timestep(reference.timesteps.double()), torch.tensor([model.sde.t_eps])])
+    out = sd.sample(model, x_T=x_T.clone(), solver="unipc", steps=None, schedule=ts, history=order, final_step="zero")
+    assert out.nfe == steps
+    torch.testing.assert_close(out.x, got, rtol=0, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+@pytest.mark.parametrize("steps", [5, 20])
+def test_unipc_default_matches_diffusers_default_in_float32(steps):
+    """Both defaults (bh2, order 2, corrector on, final sigma zero) in a float32 loop: equal to
+    diffusers' float32 rounding (LOOP_ATOL)."""
+    reference = diffusers.UniPCMultistepScheduler()
+    reference.set_timesteps(steps)
+    unet = diffusers_oracle(reference.alphas_cumprod, "epsilon")
+    want = run_loop(reference, unet, X_T.clone())
+    ours = SolverScheduler.from_scheduler(reference, solver="unipc", lower_order_final=steps + 1)
+    ours.set_timesteps(timesteps=reference.timesteps)
+    torch.testing.assert_close(run_loop(ours, unet, X_T.clone()), want, rtol=0, atol=LOOP_ATOL)
+
+
+def test_unipc_scheduler_is_the_unipc_solver_on_its_grid():
+    """The scheduler's UniC at the start of the next step is the same computation as the unipc
+    solver's (float64, sigma_min, a scoresde log-SNR grid with fractional timesteps)."""
+    ddpm = diffusers.DDPMScheduler()
+    model = MIXTURE.score_model(sd.DiscreteVPSDE(ddpm.alphas_cumprod.double()), prediction="eps")
+    x_T = X_T[:64].double()
+    for variant, history in [("bh1", 3), ("bh2", 2)]:
+        ours = SolverScheduler.from_scheduler(ddpm, solver="unipc", final_sigmas_type="sigma_min", history=history,
+                                              variant=variant)
+        ours.set_timesteps(8)
+        x = x_T.clone()
+        for t, ti in zip(ours.timesteps, ours._ts):
+            x = ours.step(model.eps(x, ti.expand(x.shape[0])), t, x).prev_sample
+        out = sd.sample(model, x_T=x_T.clone(), solver="unipc", steps=8, schedule="logsnr", history=history,
+                        variant=variant)
+        assert float(ours.timesteps[3]) != round(float(ours.timesteps[3]))
+        torch.testing.assert_close(x, out.x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+def test_scheduler_lower_order_final_is_the_solvers_threshold():
+    """True is 15 and False 0, as for the solvers; an integer is the step count below which the
+    final steps drop order: at 10 steps, 11 tapers and 10 does not."""
+    reference = diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
+    reference.set_timesteps(10)
+    unet = diffusers_oracle(reference.alphas_cumprod, "epsilon")
+
+    def run(lower_order_final):
+        ours = SolverScheduler.from_scheduler(reference, solver="dpm++3m", final_sigmas_type="sigma_min",
+                                              lower_order_final=lower_order_final)
+        ours.set_timesteps(timesteps=reference.timesteps)
+        return run_loop(ours, unet, X_T.clone())
+
+    tapered, untapered = run(11), run(10)
+    assert torch.equal(run(True), tapered) and torch.equal(run(15), tapered)
+    assert torch.equal(run(False), untapered) and torch.equal(run(0), untapered)
+    assert float((tapered - untapered).abs().max()) > 1e-3
+
+
 def test_scheduler_runs_a_diffusers_pipeline_and_matches_scoresde_sample():
     """diffusers' own DDPMPipeline loop driven by SolverScheduler equals scoresde.sample with the
     same solver and grid on the wrapped model (fractional timesteps of the log-SNR grid)."""
@@ -333,8 +449,22 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_scheduler_bad_input_raises_clear_errors():
-    with pytest.raises(ValueError, match="solver must be one of: ddim, dpm\\+\\+2m, dpm\\+\\+3m; got 'euler'"):
-        SolverScheduler(torch.cumprod(1 - BETAS, 0), solver="euler")
+    ac = torch.cumprod(1 - BETAS, 0)
+    with pytest.raises(ValueError, match="solver must be one of: ddim, dpm\\+\\+2m, dpm\\+\\+3m, unipc; got 'euler'"):
+        SolverScheduler(ac, solver="euler")
+    for value in (-1, 2.5, "no"):
+        with pytest.raises(ValueError, match=f"lower_order_final must be True, False or an integer >= 0; got {value!r}"):
+            SolverScheduler(ac, lower_order_final=value)
+    with pytest.raises(ValueError, match="variant must be None for solver 'dpm\\+\\+2m' \\(an option of 'unipc'\\); got 'bh1'"):
+        SolverScheduler(ac, solver="dpm++2m", variant="bh1")
+    with pytest.raises(ValueError, match="history must be None for solver 'ddim'"):
+        SolverScheduler(ac, solver="ddim", history=1)
+    with pytest.raises(ValueError, match="variant must be one of: bh1, bh2; got 'bh3'"):
+        SolverScheduler(ac, solver="unipc", variant="bh3")
+    with pytest.raises(ValueError, match="history must be an integer in \\[1, 3\\]; got 4"):
+        SolverScheduler(ac, solver="unipc", history=4)
+    with pytest.raises(ValueError, match="corrector must be True or False; got 1"):
+        SolverScheduler(ac, solver="unipc", corrector=1)
     with pytest.raises(ValueError, match="final_sigmas_type must be one of: zero, sigma_min; got 'none'"):
         SolverScheduler(torch.cumprod(1 - BETAS, 0), final_sigmas_type="none")
     with pytest.raises(ValueError, match="scheduler_or_betas.*without `alphas_cumprod`"):

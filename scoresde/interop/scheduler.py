@@ -1,6 +1,6 @@
 """scoresde solvers inside diffusers loops: `SolverScheduler` is a diffusers-scheduler-shaped
-object whose `step` is a scoresde multistep exponential integrator (DDIM, DPM-Solver++(2M/3M))
-on the `DiscreteVPSDE` of the model's chain.
+object whose `step` is a scoresde multistep exponential integrator (DDIM, DPM-Solver++(2M/3M),
+UniPC) on the `DiscreteVPSDE` of the model's chain.
 
 Nothing here imports diffusers: a scheduler to copy is read through its attributes.
 """
@@ -16,13 +16,15 @@ from ..model import ScoreModel
 from ..schedules import SCHEDULES, get_schedule, validate
 from ..sde import DiscreteVPSDE
 from ..solvers import Grid, History, multistep_order
-from ..solvers.exponential import dpm_multistep_update
+from ..solvers.exponential import UNIPC_VARIANTS, dpm_multistep_update, lower_order_threshold, unipc_update
 from .diffusers import PREDICTION_TYPES, chain_of, prediction_type_of
 
 __all__ = ["SolverScheduler", "SchedulerStepOutput", "SCHEDULER_SOLVERS", "FINAL_SIGMAS_TYPES"]
 
-#: solvers the scheduler can drive, and their multistep order (all DPM-Solver++(pM), p = 1 is DDIM)
-SCHEDULER_SOLVERS = {"ddim": 1, "dpm++2m": 2, "dpm++3m": 3}
+#: solvers the scheduler can drive, and their multistep order (DPM-Solver++(pM), p = 1 is DDIM;
+#: unipc's default history, which its `history` option changes)
+SCHEDULER_SOLVERS = {"ddim": 1, "dpm++2m": 2, "dpm++3m": 3, "unipc": 2}
+_UNIPC_OPTIONS = ("history", "variant", "corrector")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 _PIPELINE_KEYWORDS = ("generator", "eta", "use_clipped_model_output", "variance_noise")
 
@@ -50,20 +52,33 @@ class SolverScheduler:
             x = scheduler.step(out, t, x).prev_sample
 
     Each `step` converts the model output to a data prediction x0 (`ScoreModel`'s conversion)
-    and advances with `scoresde.solvers.exponential.dpm_multistep_update` on the
-    `DiscreteVPSDE` of the model's alphas_cumprod; `timesteps` are float timesteps (0..N-1).
+    and advances with `scoresde.solvers.exponential.dpm_multistep_update` (or `unipc_update`) on
+    the `DiscreteVPSDE` of the model's alphas_cumprod; `timesteps` are float timesteps (0..N-1).
 
     Args:
         sde: the `DiscreteVPSDE` of the chain the model was trained on (or its alphas_cumprod).
-        solver: 'ddim', 'dpm++2m' or 'dpm++3m'.
+        solver: 'ddim', 'dpm++2m', 'dpm++3m' or 'unipc'.
         prediction_type: the model's output, 'epsilon', 'v_prediction' or 'sample'.
         schedule: a scoresde schedule name for `set_timesteps(n)` (default 'logsnr'), placed
             between the top timestep and timestep 0.
         final_sigmas_type: 'zero' (default; the last step goes to sigma = 0 and returns the
             data prediction, as diffusers' DDIM with set_alpha_to_one and DPM-Solver with
             final_sigmas_type='zero' do) or 'sigma_min' (the last step ends at timestep 0).
-        lower_order_final: fewer than 15 steps drop to lower order on the final steps (the
-            solvers' and diffusers' default).
+        lower_order_final: the step count below which the order drops on the final steps, as
+            the solvers' option: True is 15 (the solvers' and diffusers' DPM-Solver default),
+            False 0 (never), or an integer >= 0.
+        history, variant, corrector: unipc's options (only for solver='unipc'): the order p of
+            UniP-p, 1-3 (default 2); B(h), 'bh1' or 'bh2' (default); and UniC on (default) or off.
+
+    UniC corrects a step's result with the evaluation at that result, so inside diffusers'
+    one-call-per-step loop the correction of step i - 1 happens at the start of step i, with
+    the model output it is given (as diffusers' UniPCMultistepScheduler does); the samples the
+    loop sees between steps are the predictions, and the last step's result is not corrected.
+    It equals diffusers' UniPCMultistepScheduler with predict_x0=True, solver_type=variant,
+    disable_corrector=[] (corrector=False: every step index) and the same final_sigmas_type;
+    its lower_order_final=True tapers at any step count, which is ours with lower_order_final
+    above the step count (below 15 steps both Trues agree). The unipc solver of
+    `scoresde.sample` on the same grid is the same computation.
 
     Deliberate difference from diffusers' DPMSolverMultistepScheduler: step coefficients are
     computed in float64 from the exact alphas_cumprod (diffusers: float32), so the two agree to
@@ -82,17 +97,27 @@ class SolverScheduler:
         prediction_type: str = "epsilon",
         schedule: str = "logsnr",
         final_sigmas_type: str = "zero",
-        lower_order_final: bool = True,
+        lower_order_final: Union[bool, int] = True,
+        history: Optional[int] = None,
+        variant: Optional[str] = None,
+        corrector: Optional[bool] = None,
     ):
         self.sde = sde if isinstance(sde, DiscreteVPSDE) else DiscreteVPSDE(sde)
         _checks.choice("solver", solver, SCHEDULER_SOLVERS)
         _checks.choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _checks.choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         _checks.choice("schedule", schedule, SCHEDULES)
-        lower_order_final = _checks.boolean("lower_order_final", lower_order_final)
-        self.solver, self.solver_order = solver, SCHEDULER_SOLVERS[solver]
-        self.prediction_type, self.schedule = prediction_type, schedule
-        self.final_sigmas_type, self.lower_order_final = final_sigmas_type, bool(lower_order_final)
+        self.lower_order_final = lower_order_threshold(lower_order_final)
+        unipc = solver == "unipc"
+        if not unipc:
+            for name, value in zip(_UNIPC_OPTIONS, (history, variant, corrector)):
+                if value is not None:
+                    raise _checks.fail(name, f"None for solver {solver!r} (an option of 'unipc')", value)
+        self.solver = solver
+        self.solver_order = SCHEDULER_SOLVERS[solver] if history is None else _checks.integer("history", history, 1, 3)
+        self.variant = _checks.choice("variant", "bh2" if variant is None else variant, UNIPC_VARIANTS) if unipc else None
+        self.corrector = _checks.boolean("corrector", True if corrector is None else corrector) if unipc else None
+        self.prediction_type, self.schedule, self.final_sigmas_type = prediction_type, schedule, final_sigmas_type
         self._converter = ScoreModel(_no_network, self.sde, prediction=PREDICTION_TYPES[prediction_type])
         self.timesteps: Optional[torch.Tensor] = None
         self.num_inference_steps: Optional[int] = None
@@ -136,6 +161,7 @@ class SolverScheduler:
         self.timesteps = sde.timestep(ts[:steps]).to(dtype=torch.float32, device=device)
         self._step_index: Optional[int] = None
         self._x0s = History(self.solver_order)
+        self._last = None  # unipc: (x, order) of the last predictor step, which UniC corrects
 
     def _times_of(self, timesteps: Sequence[float]) -> torch.Tensor:
         """Float64 times of descending timesteps in [0, N-1]."""
@@ -176,14 +202,23 @@ class SolverScheduler:
         work = torch.promote_types(sample.dtype, torch.float32)  # as diffusers: never step in half precision
         x, out = sample.to(work), model_output.to(work)
         _, x0_pred = self._converter.to_eps_x0(out, x, float(self._ts[i]))
+        to_zero = i == self.num_inference_steps - 1 and self.final_sigmas_type == "zero"
+        if self.corrector and self._last is not None and not to_zero:
+            # UniC: step i - 1 again from its start, with the evaluation at its prediction x
+            x_last, p_last = self._last
+            x = unipc_update(self._grid, i - 1, x_last, self._x0s, p_last, self.variant, x0_pred)
         self._x0s.push(self._grid.lam[i], x0_pred)
-        if i == self.num_inference_steps - 1 and self.final_sigmas_type == "zero":
+        if to_zero:
             prev = x0_pred  # the step to sigma = 0 (lambda = inf) of any of these solvers is x0_pred
         else:
             # a loop that starts mid-way (img2img) has fewer predictions yet: warm up from first order
             p = min(multistep_order(i, self.num_inference_steps, self.solver_order, self.lower_order_final),
                     len(self._x0s))
-            prev = dpm_multistep_update(self._grid, i, x, self._x0s, p)
+            if self.solver == "unipc":
+                prev = unipc_update(self._grid, i, x, self._x0s, p, self.variant)
+                self._last = (x, p)
+            else:
+                prev = dpm_multistep_update(self._grid, i, x, self._x0s, p)
         self._step_index = i + 1
         prev = prev.to(sample.dtype)
         if not return_dict:
@@ -212,5 +247,8 @@ class SolverScheduler:
         return self.sde.num_train_timesteps
 
     def __repr__(self) -> str:
-        return (f"SolverScheduler(solver={self.solver!r}, prediction_type={self.prediction_type!r}, "
-                f"schedule={self.schedule!r}, final_sigmas_type={self.final_sigmas_type!r}, sde={self.sde!r})")
+        unipc = (f"history={self.solver_order}, variant={self.variant!r}, corrector={self.corrector}, "
+                 if self.solver == "unipc" else "")
+        return (f"SolverScheduler(solver={self.solver!r}, {unipc}prediction_type={self.prediction_type!r}, "
+                f"schedule={self.schedule!r}, final_sigmas_type={self.final_sigmas_type!r}, "
+                f"lower_order_final={self.lower_order_final}, sde={self.sde!r})")

@@ -11,7 +11,8 @@ and `final_step` what the last step does (FINAL_STEPS).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Mapping, Sequence, Union
+import numbers
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from .registry import register
 
 __all__ = [
     "ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis",
-    "ddim_update", "dpm_multistep_update", "FINAL_STEPS", "DEIS_BASES",
+    "ddim_update", "dpm_multistep_update", "unipc_update", "lower_order_threshold", "FINAL_STEPS",
+    "UNIPC_VARIANTS", "DEIS_BASES",
 ]
 
 #: what a multistep solver's last step does: "t_end" stops at the grid's last time; "denoise"
@@ -42,13 +44,20 @@ def _final_step_evals(options: Mapping[str, object]) -> int:
     return 1 if options.get("final_step") == "denoise" else 0
 
 
+def lower_order_threshold(lower_order_final: Union[bool, int]) -> int:
+    """The step count below which a multistep solver's order tapers on the final steps, from
+    the option lower_order_final: True is LOWER_ORDER_FINAL_BELOW, False is 0 (never), an
+    integer >= 0 is itself; anything else is refused."""
+    if isinstance(lower_order_final, bool):
+        return LOWER_ORDER_FINAL_BELOW if lower_order_final else 0
+    if not isinstance(lower_order_final, numbers.Integral) or lower_order_final < 0:
+        raise _checks.fail("lower_order_final", "True, False or an integer >= 0", lower_order_final)
+    return int(lower_order_final)
+
+
 def _final_options(lower_order_final: Union[bool, int], final_step: str):
-    """lower_order_final as a threshold (True: LOWER_ORDER_FINAL_BELOW, False: 0) and the final
-    step rule, checked."""
-    if not isinstance(lower_order_final, bool):
-        lower_order_final = _checks.integer("lower_order_final", lower_order_final, 0)
-    threshold = LOWER_ORDER_FINAL_BELOW if lower_order_final is True else int(lower_order_final)
-    return threshold, _checks.choice("final_step", final_step, FINAL_STEPS)
+    """lower_order_final as a threshold and the final step rule, checked."""
+    return lower_order_threshold(lower_order_final), _checks.choice("final_step", final_step, FINAL_STEPS)
 
 
 def _to_zero(loop: Loop, i: int, final_step: str) -> bool:
@@ -200,6 +209,10 @@ def _solve_vandermonde(r: Sequence[Scalar], b: Sequence[Scalar]) -> List[Scalar]
     return [with_value(y, v) for y, v in zip(rho_t.unbind(), rho.tolist())]
 
 
+#: UniPC's B(h): "bh1" is h, "bh2" is e^h - 1 (Zhao et al. 2023, Sec. 3.3)
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
 @register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
           description="UniPC (UniP-p + UniC), bh1/bh2")
 def unipc(
@@ -218,7 +231,8 @@ def unipc(
     # prediction. The corrector reuses the evaluation at the predicted point, so it costs no
     # extra NFE and UniPC-p with the corrector has order p + 1.
     history = _checks.integer("history", history, 1, 3)
-    variant = _checks.choice("variant", variant, ("bh1", "bh2"))
+    variant = _checks.choice("variant", variant, UNIPC_VARIANTS)
+    corrector = _checks.boolean("corrector", corrector)
     below, final_step = _final_options(lower_order_final, final_step)
     g, x0s = loop.grid, History(3)
     x0s.push(g.lam[0], model.x0(x, g.t[0]))
@@ -228,22 +242,34 @@ def unipc(
             loop.done(i, x, x)
             break
         p = multistep_order(i, loop.num_steps, history, below)
-        lam_hist, x0_hist = x0s.lam, x0s.values
-        h = g.h(i)
-        rks = [(lam_hist[-(k + 1)] - lam_hist[-1]) / h for k in range(1, p)]
-        d1s = [(x0_hist[-(k + 1)] - x0_hist[-1]) / rk for k, rk in zip(range(1, p), rks)]
-        b_h, rhos_p, rhos_c = _unipc_coefficients(rks, h, variant)
-        a_t = g.alpha[i + 1]
-        x_base = ddim_update(g, i, x, x0_hist[-1])
-        x = x_base - (a_t * b_h) * sum((rho * d for rho, d in zip(rhos_p, d1s)), torch.zeros_like(x))
-        if not loop.is_last(i):
-            x0_next = model.x0(x, t_next)
-            if corrector:
-                corr = sum((rho * d for rho, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (x0_next - x0_hist[-1]))
-                x = x_base - (a_t * b_h) * corr
+        x_pred = unipc_update(g, i, x, x0s, p, variant)
+        if loop.is_last(i):
+            x = x_pred
+        else:
+            x0_next = model.x0(x_pred, t_next)
+            x = unipc_update(g, i, x, x0s, p, variant, x0_next) if corrector else x_pred
             x0s.push(g.lam[i + 1], x0_next)
         loop.done(i, x, x0s.values[-1])
     return _finish(model, x, loop, final_step)
+
+
+def unipc_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int, variant: str = "bh2",
+                 x0_next: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One UniPC-p step from g.t[i] to g.t[i+1] with B(h) of `variant` ('bh1': h, 'bh2':
+    e^h - 1): the predictor UniP-p, or, given `x0_next` (the data prediction at the predicted
+    point at g.t[i+1]), the corrector UniC-p of the same step, from the same x. `x0s` holds the
+    data predictions up to the one at g.t[i] (newest last, at least p) with their log-SNRs."""
+    lam_hist, x0_hist = x0s.lam, x0s.values
+    h = g.h(i)
+    rks = [(lam_hist[-(k + 1)] - lam_hist[-1]) / h for k in range(1, p)]
+    d1s = [(x0_hist[-(k + 1)] - x0_hist[-1]) / rk for k, rk in zip(range(1, p), rks)]
+    b_h, rhos_p, rhos_c = _unipc_coefficients(rks, h, variant)
+    x_base = ddim_update(g, i, x, x0_hist[-1])
+    if x0_next is None:
+        res = sum((rho * d for rho, d in zip(rhos_p, d1s)), torch.zeros_like(x))
+    else:
+        res = sum((rho * d for rho, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (x0_next - x0_hist[-1]))
+    return x_base - (g.alpha[i + 1] * b_h) * res
 
 
 _ADAMS_BASHFORTH = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}

@@ -16,6 +16,7 @@ import torch
 
 from .. import _checks
 from .._utils import expand_as_batch
+from .ode import LAST_STEPS, last_step_evals
 from ._loop import Grid, History, Noise, NoiseFn, RowGenerators, Scalar, exp, expm1, log, multistep_order, sqrt
 from .registry import register
 
@@ -142,16 +143,18 @@ def sde_heun(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] 
     return x
 
 
-@register("edm-sde", kind="sde", order=1, evals_per_step=2, affine=True, extra_evals=-1, aliases=("edm_sde",),
-          description="EDM's stochastic sampler (S_churn, Heun)")
+@register("edm-sde", kind="sde", order=1, evals_per_step=2, affine=True, extra_evals=last_step_evals,
+          aliases=("edm_sde",), description="EDM's stochastic sampler (S_churn, Heun)")
 def edm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] = None, S_churn: float = 40.0,
-            S_tmin: float = 0.05, S_tmax: float = 50.0, S_noise: float = 1.003) -> torch.Tensor:
+            S_tmin: float = 0.05, S_tmax: float = 50.0, S_noise: float = 1.003, last_step: str = "euler") -> torch.Tensor:
     """Karras et al. 2022, Algorithm 2, in y = x/alpha against sigma_hat = sigma/alpha (for
     EDMSDE these are x and t). Churn only where sigma_hat in [S_tmin, S_tmax] and where the raised
-    level stays within the SDE's range (at T it cannot be raised); the last step is Euler."""
+    level stays within the SDE's range (at T it cannot be raised). The last step is Euler, as in
+    the paper, or with last_step="heun" a full Heun step (LAST_STEPS)."""
     S_churn, S_tmin, S_tmax, S_noise = (_checks.real(name, value, low=0) for name, value in
                                         (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_tmax", S_tmax),
                                          ("S_noise", S_noise)))
+    euler_last = _checks.choice("last_step", last_step, LAST_STEPS) == "euler"
     g, draw = loop.grid, Noise(generator, noise_fn)
     sigma_hat, sigma_hat_max = g.sigma_hat, float(model.sde.sigma_hat(model.sde.T))  # at T, not ts[0]
     gamma_max = math.sqrt(2) - 1
@@ -166,7 +169,7 @@ def edm_sde(model, x, ts, loop, *, generator=None, noise_fn: Optional[NoiseFn] =
             t_up, alpha_up, _ = g.at_lambda(-log(s_up))
         d = model.eps(alpha_up * y, t_up)  # dy/dsigma_hat = eps
         y_next = y + (sigma_hat[i + 1] - s_up) * d  # Euler step
-        if not loop.is_last(i):  # apply 2nd order correction
+        if not (euler_last and loop.is_last(i)):  # apply 2nd order correction
             d_next = model.eps(g.alpha[i + 1] * y_next, t_next)
             y_next = y + (sigma_hat[i + 1] - s_up) * 0.5 * (d + d_next)
         x = g.alpha[i + 1] * y_next
