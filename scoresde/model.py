@@ -5,6 +5,7 @@ x_t = alpha x0 + sigma eps (DESIGN.md): score = -eps / sigma, v = alpha eps - si
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Tuple, Union
 
 import torch
@@ -13,7 +14,7 @@ from . import _checks
 from ._utils import Time, expand_as_batch
 from .sde import SDE, AffineSDE
 
-__all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS"]
+__all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS", "fingerprint"]
 
 PREDICTIONS = ("score", "eps", "x0", "v", "edm")
 #: what the network sees as its time input: t itself, DDPM's 999 t, sigma(t), log sigma(t), or
@@ -190,6 +191,38 @@ class ScoreModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, prediction={self.prediction!r}, time_input={self.time_input!r}"
+
+
+def fingerprint(model: ScoreModel) -> str:
+    """A stable digest (16 hex digits) of what a model computes: the ScoreModel's
+    parameterization and SDE, and for a network its parameters and buffers (sha256 over names,
+    dtypes, shapes and bytes), for an exact Gaussian-mixture oracle its weights, means,
+    covariances and event shape. A plain function has nothing to digest but its name. Tuned
+    samplers and DPM-Solver-v3's statistics record it to refuse another model."""
+    from .data.gmm import GaussianMixture  # data (same layer) imports this module at load time
+
+    if not isinstance(model, ScoreModel):
+        raise _checks.fail("model", "a scoresde.ScoreModel", type(model).__name__)
+    digest = hashlib.sha256()
+    time_input = model.time_input if isinstance(model.time_input, str) else getattr(
+        model.time_input, "__qualname__", type(model.time_input).__qualname__)
+    digest.update(f"{model.prediction}|{time_input}|{model.sigma_data!r}|{model.sde.fingerprint()}|".encode())
+    net = model.net
+    mixture = getattr(net, "mixture", None)
+    if isinstance(mixture, GaussianMixture):
+        digest.update(f"mixture{tuple(mixture.event_shape)}|".encode())
+        tensors = [("weights", mixture.weights), ("means", mixture.means), ("covariances", mixture.covariances)]
+    elif isinstance(net, torch.nn.Module):
+        digest.update(f"module:{type(net).__qualname__}|".encode())
+        tensors = sorted([*net.named_parameters(), *net.named_buffers()], key=lambda item: item[0])
+    else:
+        digest.update(f"function:{getattr(net, '__qualname__', type(net).__qualname__)}|".encode())
+        tensors = []
+    for name, tensor in tensors:
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def _checked_output(out, x: torch.Tensor) -> torch.Tensor:

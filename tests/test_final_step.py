@@ -9,7 +9,7 @@ import torch
 import scoresde as sd
 from scoresde.solvers.exponential import _lagrange_integrals
 
-MULTISTEP = ["dpm++2m", "dpm++3m", "unipc", "ipndm", "deis"]
+MULTISTEP = ["dpm++2m", "dpm++3m", "unipc", "ipndm", "deis", "dpm-solver-v3"]
 SDE = sd.VPSDE()
 ORACLE = sd.data.GaussianMixture.ring(modes=8).score_model(SDE)
 X_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

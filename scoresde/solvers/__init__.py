@@ -1,6 +1,6 @@
 """Samplers, all behind `scoresde.sample` and one registry (`available()`, `get()`, `register()`)."""
 # importing registers the solvers, in the order `available()` lists them
-from . import ode, exponential, sde, adaptive, backends, learned, sa_solver, restart  # noqa: F401,I001
+from . import ode, exponential, dpm_v3, sde, adaptive, backends, learned, sa_solver, restart  # noqa: F401,I001
 from ._loop import Grid, History, Loop, NonFiniteError, StateHook, multistep_order
 from .hooks import Inpainting
 from .registry import ORDER_KINDS, SolverInfo, available, get, register

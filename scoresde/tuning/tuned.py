@@ -4,7 +4,6 @@ the cost of fitting it; a `GridProvider` that refuses any other setting, and a s
 `model_fingerprint` names what a sampler was tuned to."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -14,8 +13,8 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from .. import _checks
-from ..data import GaussianMixture
 from ..model import ScoreModel
+from ..model import fingerprint as model_fingerprint  # the digest lives in model.py (solvers need it too)
 from ..sde import SDE
 from ..solvers import SampleResult, sample
 from .schedule import OptimizedSchedule, tuned_grid
@@ -26,35 +25,6 @@ __all__ = ["TunedSampler", "model_fingerprint", "FORMAT", "FORMAT_VERSION"]
 #: the `format` entry of a tuned-sampler file, and the version this code writes and reads
 FORMAT = "scoresde.tuned"
 FORMAT_VERSION = 1
-
-
-def model_fingerprint(model: ScoreModel) -> str:
-    """A stable digest (16 hex digits) of what a sampler is tuned to: the ScoreModel's
-    parameterization and SDE, and for a network its parameters and buffers (sha256 over names,
-    dtypes, shapes and bytes), for an exact Gaussian-mixture oracle its weights, means,
-    covariances and event shape. A plain function has nothing to digest but its name."""
-    if not isinstance(model, ScoreModel):
-        raise _checks.fail("model", "a scoresde.ScoreModel", type(model).__name__)
-    digest = hashlib.sha256()
-    time_input = model.time_input if isinstance(model.time_input, str) else getattr(
-        model.time_input, "__qualname__", type(model.time_input).__qualname__)
-    digest.update(f"{model.prediction}|{time_input}|{model.sigma_data!r}|{model.sde.fingerprint()}|".encode())
-    net = model.net
-    mixture = getattr(net, "mixture", None)
-    if isinstance(mixture, GaussianMixture):
-        digest.update(f"mixture{tuple(mixture.event_shape)}|".encode())
-        tensors = [("weights", mixture.weights), ("means", mixture.means), ("covariances", mixture.covariances)]
-    elif isinstance(net, torch.nn.Module):
-        digest.update(f"module:{type(net).__qualname__}|".encode())
-        tensors = sorted([*net.named_parameters(), *net.named_buffers()], key=lambda item: item[0])
-    else:
-        digest.update(f"function:{getattr(net, '__qualname__', type(net).__qualname__)}|".encode())
-        tensors = []
-    for name, tensor in tensors:
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]
 
 
 @dataclass
