@@ -15,12 +15,15 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from ..solvers import get
 
-__all__ = ["METRICS", "OPTIMIZED", "CSV_COLUMNS", "TABLE_NFES", "write_json", "write_outputs", "markdown", "summary",
-           "plot"]
+__all__ = ["METRICS", "TUNED", "OPTIMIZED", "CSV_COLUMNS", "TABLE_NFES", "tuned_method", "write_json", "write_outputs",
+           "markdown", "summary", "plot"]
 
 #: the measures of a cell (see `scoresde.bench.run`)
 METRICS = ("rmse", "sliced_w2", "mmd", "nll_gap")
-#: the `schedule` of a cell whose grid was tuned by `scoresde.tuning.optimize` (optimize=True)
+#: the prefix of a tuned cell's `schedule`: "tuned:<method>", its sampler tuned by `scoresde.tune`
+#: with that method; its table row is "tuned:<method>:<solver>"
+TUNED = "tuned:"
+#: the `schedule` of a Nelder-Mead cell in results files of earlier versions (read as "tuned:nelder-mead")
 OPTIMIZED = "optimized"
 #: the budgets the Markdown tables show
 TABLE_NFES = (5, 10, 20, 50)
@@ -53,26 +56,37 @@ def write_outputs(results: dict, out: Union[str, Path]) -> None:
         print("accuracy_vs_nfe.png not drawn: matplotlib is missing (pip install 'scoresde[plot]')")
 
 
-def _rows(cells: List[dict], solvers: Sequence[str]) -> List[Tuple[str, bool]]:
-    """Table rows (solver, optimized?): each solver, then its optimized-schedule row if it has one."""
-    tuned = {c["solver"] for c in cells if c.get("schedule") == OPTIMIZED}
-    return [(s, opt) for s in solvers for opt in (False, True) if not opt or s in tuned]
+def tuned_method(cell: dict) -> Optional[str]:
+    """The tuning method of a tuned cell ("nelder-mead" for an earlier version's optimized
+    cell), None for any other."""
+    schedule = cell.get("schedule")
+    if schedule == OPTIMIZED:
+        return "nelder-mead"
+    return schedule[len(TUNED):] if isinstance(schedule, str) and schedule.startswith(TUNED) else None
 
 
-def _label(solver: str, optimized: bool) -> str:
-    return f"{solver} ({OPTIMIZED})" if optimized else solver
+def _rows(cells: List[dict], solvers: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """Table rows (solver, tuning method or None): each solver, then its tuned rows in the
+    order their methods first appear."""
+    methods = list(dict.fromkeys(m for m in map(tuned_method, cells) if m is not None))
+    tuned = {(c["solver"], tuned_method(c)) for c in cells}
+    return [(s, m) for s in solvers for m in (None, *methods) if m is None or (s, m) in tuned]
 
 
-def _cell_at(cells: List[dict], solver: str, budget: int, optimized: bool = False) -> Optional[dict]:
-    """The cell that ran `budget` for a fixed-step solver: the one with its step count (a budget
-    that fell on a step count already run shares that cell; one below a single step's cost has
-    none)."""
+def _label(solver: str, method: Optional[str]) -> str:
+    return f"{TUNED}{method}:{solver}" if method else solver
+
+
+def _cell_at(cells: List[dict], solver: str, budget: int, method: Optional[str] = None) -> Optional[dict]:
+    """The cell that ran `budget` for a fixed-step solver (tuned by `method`, if given): the one
+    with its step count (a budget that fell on a step count already run shares that cell; one
+    below a single step's cost has none)."""
     info = get(solver)
     if info.nfe(1) > budget:
         return None
     steps = info.steps_for_nfe(budget)
     return next((c for c in cells if c["solver"] == solver and c["steps"] == steps and c["requested_nfe"] is not None
-                 and (c.get("schedule") == OPTIMIZED) == optimized), None)
+                 and tuned_method(c) == method), None)
 
 
 def _fmt(cell: Optional[dict], metric: str, budget: Optional[int]) -> str:
@@ -111,9 +125,9 @@ def markdown(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
             lines.append(f"\n{metric}{note}\n")
             lines.append("| solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
             lines.append("|---|" + "---|" * len(budgets))
-            for s, opt in _rows(cells, fixed):
-                lines.append(f"| {_label(s, opt)} | "
-                             + " | ".join(_fmt(_cell_at(cells, s, b, opt), metric, b) for b in budgets) + " |")
+            for s, method in _rows(cells, fixed):
+                lines.append(f"| {_label(s, method)} | "
+                             + " | ".join(_fmt(_cell_at(cells, s, b, method), metric, b) for b in budgets) + " |")
         adaptive = [c for c in cells if c["requested_nfe"] is None]
         if adaptive:
             lines.append("\nadaptive solvers (tolerance: NFE, " + ", ".join(cfg["metrics"]) + ")\n")
@@ -123,7 +137,16 @@ def markdown(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
                              + (f"{c['nfe']} NFE, {vals}" if c["status"] == "ok" else f"failed ({c['reason']})"))
         failed = [c for c in cells if c["status"] != "ok" and c["requested_nfe"] is not None]
         for c in failed:
-            lines.append(f"- failed: {c['solver']} at NFE {c['requested_nfe']}: {c['reason']}")
+            lines.append(f"- failed: {_label(c['solver'], tuned_method(c))} at NFE {c['requested_nfe']}: {c['reason']}")
+        tuned = [c for c in cells if c.get("tuning") and c["status"] == "ok"]
+        if tuned:
+            lines.append("\ntuning (validation RMSE of the start -> the tuned sampler; cost)\n")
+            for c in tuned:
+                t = c["tuning"]
+                lines.append(f"- {_label(c['solver'], tuned_method(c))} at NFE {c['requested_nfe']}: "
+                             f"{t['loss_start']:.3e} ({t['start']}) -> {t['loss']:.3e}"
+                             f"{' (kept the start)' if t['kept_start'] else ''}; {t['cost_nfe']} NFE, "
+                             f"{t['cost_seconds']:.1f} s")
     return "\n".join(lines) + "\n"
 
 
@@ -138,10 +161,11 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
              "geometric mean of RMSE (ODE solvers) / problems with sliced W2 within 2 std of the floor "
              "(counted NFE in brackets where it differs from the budget)\n",
              "| solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    for solver, opt in _rows(results["cells"], solvers):
+    for solver, method in _rows(results["cells"], solvers):
         row = []
         for b in budgets:
-            cells = [_cell_at([c for c in results["cells"] if c["problem"] == name], solver, b, opt) for name in problems]
+            cells = [_cell_at([c for c in results["cells"] if c["problem"] == name], solver, b, method)
+                     for name in problems]
             rmse = [c["rmse"] for c in cells if c is not None and c["status"] == "ok" and c.get("rmse")]
             mean = f"{math.exp(sum(map(math.log, rmse)) / len(rmse)):.2e}" if len(rmse) == len(problems) else "-"
             near = sum(1 for c, name in zip(cells, problems) if c is not None and c.get("sliced_w2") is not None
@@ -150,7 +174,7 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
             counted = sorted({c["nfe"] for c in cells if c is not None and c["status"] == "ok"} - {b})
             nfe = f" ({'/'.join(map(str, counted))})" if counted else ""  # what the cells counted, if not b
             row.append((f"{mean} / {near}" if get(solver).kind == "ode" else f"{near}") + nfe)
-        lines.append(f"| {_label(solver, opt)} | " + " | ".join(row) + " |")
+        lines.append(f"| {_label(solver, method)} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +197,7 @@ def plot(results: dict, path: Path, metric: str = "rmse", columns: int = 3) -> N
     markers = dict(zip(solvers, "osD^v<>ph*" * 4))
     for ax, name in zip(axes.flat, problems):
         cells = [c for c in results["cells"] if c["problem"] == name and c["status"] == "ok"
-                 and c.get("schedule") != OPTIMIZED]  # the Markdown tables carry the optimized rows
+                 and tuned_method(c) is None]  # the Markdown tables carry the tuned rows
         for s in solvers:
             pts = sorted((c["nfe"], c[metric]) for c in cells if c["solver"] == s and c.get(metric))
             if pts:

@@ -18,11 +18,14 @@ records the NFE the model counted, the wall time and these metrics:
 Fixed-step solvers run the largest step count whose evaluations fit the budget
 (`SolverInfo.steps_for_nfe`); a budget below one step's cost is not run. A cell records both
 `requested_nfe` and the counted `nfe`, so a budget a solver cannot meet exactly is never
-mislabeled. With `optimize=True` every fixed-step ODE cell gets a twin with
-`schedule="optimized"`: the grid `scoresde.tuning.optimize` tunes for that solver and step
-count on a calibration batch of prior noise (seed + 3, held out from the cells' x_T). Adaptive
-solvers run a tolerance sweep instead. A cell that fails (non-finite values, a solver error)
-is recorded with its reason and the run goes on.
+mislabeled. With `tune=(method, ...)` every fixed-step ODE cell gets a twin per method, with
+`schedule="tuned:<method>"` (table row `tuned:<method>:<solver>`): the sampler `scoresde.tune`
+fits to that problem, solver and step count on calibration and validation batches of prior
+noise (seed + 3, held out from the cells' x_T), run on the cells' x_T; the cell records the
+tuning (validation RMSEs, cost in NFE and seconds, grid). `optimize=True` is `tune` with
+"nelder-mead". Adaptive solvers run a tolerance sweep instead. A cell that fails (non-finite
+values, a solver error, a method that cannot tune it) is recorded with its reason and the run
+goes on.
 
 Under `torchrun` the sample batch is split across ranks (every rank draws the full batch's
 noise and keeps its rows, so fixed-step results equal the single-process run); rank 0
@@ -34,9 +37,10 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -45,7 +49,7 @@ from .. import metrics as _metrics
 from .._dist import SharedNoise, Shards
 from ..solvers import NonFiniteError, available, get, sample
 from .problems import Problem, make_problem
-from .report import METRICS, OPTIMIZED, write_json, write_outputs
+from .report import METRICS, TUNED, tuned_method, write_json, write_outputs
 
 __all__ = ["run_benchmark", "DEFAULT_NFES", "QUICK", "ADAPTIVE_TOLERANCES"]
 
@@ -65,11 +69,14 @@ QUICK = dict(
 
 
 def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int,
-           optimize: bool = False) -> List[Tuple[str, Optional[int], Dict]]:
+           tune: Sequence[str] = ()) -> List[Tuple[str, Optional[int], Dict]]:
     """(solver, requested NFE or None, options) in run order; budgets that land on a step
     count already listed for that solver are run once, budgets below one step's cost not at
-    all; with `optimize`, each fixed-step ODE cell is followed by its optimized-schedule twin
-    (options["schedule"] = OPTIMIZED)."""
+    all; each fixed-step ODE cell is followed by its tuned twins (options["tune"] = method),
+    one per method of `tune` that can tune its solver ("coefficients": the solvers whose
+    weights `learned-multistep` starts from)."""
+    from ..solvers.learned import NATIVE
+
     cells = []
     sweeps = {get(name).name: tols for name, tols in ADAPTIVE_TOLERANCES.items()}
     for solver in solvers:
@@ -86,8 +93,9 @@ def _cells(solvers: Sequence[str], nfes: Sequence[int], tolerances: int,
             if steps not in seen:
                 seen.add(steps)
                 cells.append((solver, budget, {"steps": steps}))
-                if optimize and info.kind == "ode":
-                    cells.append((solver, budget, {"steps": steps, "schedule": OPTIMIZED}))
+                if info.kind == "ode":
+                    cells.extend((solver, budget, {"steps": steps, "tune": method}) for method in tune
+                                 if method != "coefficients" or info.name in NATIVE)
     return cells
 
 
@@ -148,6 +156,10 @@ def run_benchmark(
     calibration: int = 256,
     checkpoint: Union[str, Path, None] = None,
     data: Union[str, Path, None] = None,
+    tune: Sequence[str] = (),
+    validation: int = 256,
+    tune_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+    cache_dir: Union[str, Path, None] = None,
 ) -> Optional[dict]:
     """Run every (problem, solver, budget) cell; return the results dict on rank 0 (None on
     other ranks). With `out`, the JSON is rewritten after every cell (a long run never loses
@@ -167,9 +179,14 @@ def run_benchmark(
             tolerances: how many entries of each adaptive solver's sweep to run.
         metrics: a subset of METRICS. n: samples per cell. schedule: None for each solver's
             default, or a schedule name used for all.
-        optimize: add an optimized-schedule row per fixed-step ODE solver (its grid tuned by
-            `scoresde.tuning.optimize` on `calibration` samples of held-out noise; every rank
-            tunes the same grid, deterministically).
+        tune: tuning methods (`scoresde.tuning.METHODS`): a tuned row per method and fixed-step
+            ODE solver, its sampler fitted per problem and budget by `scoresde.tune` on
+            `calibration` and `validation` noises drawn from seed + 3 (never the cells' x_T),
+            with teachers from the problem's reference solve and `tune_options[method]` as the
+            method's options; every rank tunes the same sampler, deterministically.
+        optimize: True adds "nelder-mead" to `tune` (the older name of that row).
+        cache_dir: where tuning caches its teacher solves (default: a temporary folder for the
+            run, single process only: under torchrun ranks could disagree on a cache hit).
     """
     start = time.perf_counter()
     if digits_checkpoint is not None:
@@ -189,8 +206,9 @@ def run_benchmark(
     shards = Shards(n)
     config = dict(n=n, seed=seed, dtype=str(dtype).replace("torch.", ""), schedule=schedule, nfes=nfes,
                   metrics=metrics, world_size=shards.world)
-    if optimize:
-        config["optimize"] = dict(calibration=calibration, seed=seed + 3)
+    tuning = _tuning_settings(tune, optimize, calibration, validation, tune_options, seed, cache_dir, shards.world)
+    if tuning["methods"]:
+        config["tune"] = {k: v for k, v in tuning.items() if k != "cache_dir"}
     results = dict(config=config, machine=_machine(device), problems={}, cells=[])
     json_path = Path(out) / "accuracy_vs_nfe.json" if out is not None else None
     done = set()
@@ -204,7 +222,11 @@ def run_benchmark(
         done = {_key(c) for c in results["cells"]}
     done = shards.broadcast(done)
 
-    cells = _cells(solvers, nfes, tolerances, optimize)
+    cells = _cells(solvers, nfes, tolerances, tuning["methods"])
+    cache, scratch = tuning["cache_dir"], None
+    if cache is None and tuning["methods"] and shards.world == 1:  # each teacher solved once per run
+        scratch = tempfile.TemporaryDirectory(prefix="scoresde-teachers-")
+        cache = scratch.name
     problem_list = list(problems)
     bar = None
     if progress and shards.main:
@@ -214,7 +236,8 @@ def run_benchmark(
     for spec in problem_list:
         problem = make_problem(spec, seed, n, device, dtype, checkpoint, data)
         todo = [c for c in cells if _key(dict(problem=problem.name, solver=c[0], requested_nfe=c[1],
-                                                  tolerance=c[2].get("rtol"), schedule=c[2].get("schedule"))) not in done]
+                                                  tolerance=c[2].get("rtol"), schedule=_tuned_schedule(c[2])))
+                not in done]
         if bar is not None:
             bar.update(len(cells) - len(todo))
         if not todo:
@@ -232,12 +255,11 @@ def run_benchmark(
         bandwidth = _metrics.median_bandwidth(problem.target)
         if shards.main and floor_metrics and "floors" not in info_problem:
             info_problem["floors"] = _floors(problem, floor_metrics, n, bandwidth, seed, floor_repeats)
-        tuning = None
         for solver, budget, options in todo:
-            if options.get("schedule") == OPTIMIZED:
-                tuning = tuning or _calibration(problem, calibration, seed, device, dtype)
-                options = {**options, "schedule": _optimized(problem, solver, options["steps"], *tuning)}
-            record = _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards)
+            tuned = None
+            if "tune" in options:
+                tuned = _tuned(problem, solver, options["steps"], options["tune"], tuning, device, cache)
+            record = _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards, tuned)
             if shards.main:
                 if record["status"] == "ok":
                     record.update(_measure(problem, record.pop("x"), reference, metrics, bandwidth,
@@ -249,6 +271,8 @@ def run_benchmark(
                 bar.update(1)
     if bar is not None:
         bar.close()
+    if scratch is not None:
+        scratch.cleanup()
     results["seconds"] = time.perf_counter() - start + results.get("seconds", 0.0)
     if not shards.main:
         return None
@@ -259,36 +283,75 @@ def run_benchmark(
 
 def _key(cell: dict) -> Tuple:
     return (cell["problem"], get(cell["solver"]).name, cell["requested_nfe"], cell.get("tolerance"),
-            cell.get("schedule") == OPTIMIZED)
+            tuned_method(cell))
 
 
-def _calibration(problem: Problem, n: int, seed: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Calibration noise for optimized schedules (seed + 3, so not the cells' x_T), in the run's
-    dtype, and its reference solve."""
-    gen = torch.Generator(device=device).manual_seed(seed + 3)
-    x_cal = problem.model.sde.prior_sample((n, *problem.shape), gen, dtype=torch.float64, device=device)
-    return x_cal.to(dtype), problem.reference(x_cal).x
+def _tuned_schedule(options: dict) -> Optional[str]:
+    """The `schedule` a cell with these options records when tuned, else None."""
+    return f"{TUNED}{options['tune']}" if "tune" in options else None
 
 
-def _optimized(problem: Problem, solver: str, steps: int, x_cal: torch.Tensor, reference: torch.Tensor):
-    """The OptimizedSchedule for `solver` at `steps` steps (its NFE budget is theirs)."""
-    from ..tuning import optimize
+def _tuning_settings(tune, optimize, calibration, validation, options, seed, cache_dir, world) -> dict:
+    """The checked tuning settings of a run (methods in order, without repeats)."""
+    from ..tuning import METHODS
 
-    return optimize(problem.model, None, solver, get(solver).nfe(steps), x_T=x_cal, reference=reference,
-                    t_end=problem.t_end)
+    if isinstance(tune, str):
+        tune = [tune]
+    methods = [_checks.choice("tune", m, METHODS) for m in tune]
+    methods = list(dict.fromkeys([*methods, *(["nelder-mead"] if optimize else [])]))
+    options = {} if options is None else options
+    if not isinstance(options, Mapping) or any(m not in methods or not isinstance(o, Mapping)
+                                               for m, o in options.items()):
+        raise _checks.fail("tune_options", "a mapping from tuning methods of this run "
+                           f"({', '.join(methods) or 'none'}) to mappings of their options", options)
+    if cache_dir is not None and world > 1:
+        raise _checks.fail("cache_dir", "None under torchrun (a rank could find a teacher in the cache that another "
+                           "rank still solves, and the ranks' solves are collective)", str(cache_dir))
+    return dict(methods=methods, calibration=_checks.integer("calibration", calibration, low=1),
+                validation=_checks.integer("validation", validation, low=1), seed=seed + 3,
+                options={m: dict(o) for m, o in options.items()}, cache_dir=cache_dir)
 
 
-def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards) -> dict:
+def _tuned(problem: Problem, solver: str, steps: int, method: str, tuning: dict, device, cache_dir):
+    """The TunedSampler `method` fits for `solver` at `steps` steps (its NFE budget is theirs) on
+    noise from seed + 3, or the reason it could not (a string). Teachers are the problem's
+    reference solve; the model's own dtype (float64 for the exact oracles)."""
+    from ..tuning import tune
+
+    params = next((p for p in problem.model.parameters() if p.is_floating_point()), None)
+    dtype = torch.float64 if params is None else params.dtype
+    try:
+        return tune(problem.model, get(solver).nfe(steps), method=method, solver=solver,
+                    shape=(tuning["calibration"], *problem.shape), validation=tuning["validation"],
+                    generator=torch.Generator(device=device).manual_seed(tuning["seed"]),
+                    teacher_options={"options": problem.reference_options}, cache_dir=cache_dir, dtype=dtype,
+                    device=device, t_end=problem.t_end, **tuning["options"].get(method, {}))
+    except (NonFiniteError, ValueError, RuntimeError, ArithmeticError) as err:
+        return f"tuning failed: {type(err).__name__}: {err}"
+
+
+def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shards, tuned=None) -> dict:
+    """One cell; a tuned cell (options["tune"] its method) runs `tuned`, its TunedSampler, or
+    fails with `tuned`, the reason tuning failed."""
     info = get(solver)
     kwargs = dict(options)
     steps = kwargs.pop("steps", None)
-    tuned = kwargs.pop("schedule", None)  # the OptimizedSchedule of an optimized cell
+    kwargs.pop("tune", None)
     record = dict(problem=problem.name, solver=solver, kind=info.kind, requested_nfe=budget,
-                  tolerance=options.get("rtol"), steps=steps, schedule=OPTIMIZED if tuned else schedule,
+                  tolerance=options.get("rtol"), steps=steps, schedule=_tuned_schedule(options) or schedule,
                   status="ok", reason=None, nfe=None, seconds=None)
-    if tuned:
-        record["optimization"] = dict(start=tuned.start, cost_nfe=tuned.cost_nfe, calibration=tuned.calibration,
-                                      calibration_rmse=[tuned.loss_start, tuned.loss], times=tuned.times.tolist())
+    if isinstance(tuned, str):
+        shards.all_ok(False, x_T.device)  # every rank fails alike (tuning is deterministic)
+        record.update(status="failed", reason=tuned)
+        return record
+    if tuned is not None:
+        record["tuning"] = dict(
+            method=tuned.method, solver=tuned.solver, solver_options=tuned.solver_options, start=tuned.start,
+            loss_start=tuned.loss_start, loss=tuned.loss, kept_start=tuned.kept_start, cost_nfe=tuned.cost_nfe,
+            cost_seconds=tuned.cost_seconds, calibration=tuned.calibration, validation=tuned.validation,
+            times=tuned.times.tolist(), time_offsets=list(tuned.time_offsets),
+            note="loss_start, loss: validation RMSE against the teacher of the best fixed schedule (start) and of "
+                 "the tuned sampler; cost: every evaluation and second of tuning")
     x = x_T.to(dtype)
     gen = torch.Generator(device=x.device).manual_seed(seed + 1)
     if info.kind == "sde":
@@ -296,8 +359,11 @@ def _run_cell(problem, solver, budget, options, x_T, seed, schedule, dtype, shar
             kwargs["noise_fn"] = SharedNoise(gen, shards)
         kwargs["generator"] = gen
     try:
-        out = sample(problem.model, x_T=x, solver=solver, steps=None if tuned else steps, schedule=tuned or schedule,
-                     t_end=problem.t_end, **kwargs)
+        if tuned is not None:  # its solver, grid and options
+            out = sample(problem.model, x_T=x, solver=tuned, t_end=problem.t_end, **kwargs)
+        else:
+            out = sample(problem.model, x_T=x, solver=solver, steps=steps, schedule=schedule, t_end=problem.t_end,
+                         **kwargs)
         ok, reason = True, None
     except (NonFiniteError, ValueError, RuntimeError, ArithmeticError) as err:
         ok, reason, out = False, f"{type(err).__name__}: {err}", None

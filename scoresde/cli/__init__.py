@@ -1,5 +1,5 @@
 """The `scoresde` command line (also `python -m scoresde`): `scoresde train`, `scoresde sample`,
-`scoresde nll`, `scoresde bench`, `scoresde schedule optimize`, `scoresde sdes`; one module per
+`scoresde nll`, `scoresde bench`, `scoresde tune`, `scoresde schedule optimize`, `scoresde sdes`; one module per
 subcommand, each with `add(command)` (its flags) and `run(args)` (its work).
 
 Flags mean one thing in every subcommand: `--samples` (alias `--n`, except under `bench`,
@@ -20,13 +20,13 @@ import os
 import sys
 from typing import List, Optional
 
-from . import bench, nll, sample, schedule, sdes, train, unclip
+from . import bench, nll, sample, schedule, sdes, train, tune, unclip
 from ._args import Formatter, Parser, UsageError, check_ints
 
 __all__ = ["main", "build_parser"]
 
 #: the subcommands, in the order --help lists them
-COMMANDS = (train, sample, sdes, nll, bench, schedule, unclip)
+COMMANDS = (train, sample, sdes, nll, bench, tune, schedule, unclip)
 
 
 def build_parser() -> argparse.ArgumentParser:

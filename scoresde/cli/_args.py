@@ -140,17 +140,17 @@ def _writable(folder: Path) -> Optional[str]:
         return f"cannot write in {folder}: {err.strerror or err}"
 
 
-def output_folder(path: str) -> Path:
-    """--out as a folder (created when the results are written): refused before any work if it
-    is a file, lies under a file, or cannot be created or written."""
+def output_folder(path: str, flag: str = "--out") -> Path:
+    """--out (or another `flag`) as a folder (created when the results are written): refused
+    before any work if it is a file, lies under a file, or cannot be created or written."""
     folder = Path(path)
     accepted = "a folder that exists or can be created, and can be written"
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not existing.is_dir():
-        raise refuse("--out", accepted, path, "it is a file" if existing == folder else f"{existing} is a file")
+        raise refuse(flag, accepted, path, "it is a file" if existing == folder else f"{existing} is a file")
     why = _writable(existing)
     if why:
-        raise refuse("--out", accepted, path, why)
+        raise refuse(flag, accepted, path, why)
     return folder
 
 
@@ -175,14 +175,7 @@ def solver_options(text: Optional[str]) -> dict:
     itself (those have their own flags, or none on purpose)."""
     from ..solvers import sample
 
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError:
-        raise _checks.fail("--options", "a JSON object of solver options", text) from None
-    if not isinstance(options, dict):
-        raise _checks.fail("--options", "a JSON object of solver options", text)
+    options = json_object("--options", text, "solver options")
     params = inspect.signature(sample).parameters
     own = [k for k in options if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD]
     if own:
@@ -200,3 +193,29 @@ def schedule_file(path: str):
         return OptimizedSchedule.load(path)
     except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, or fields of the wrong types
         raise refuse("--schedule-file", accepted, path, f"{type(err).__name__}: {err}") from None
+
+
+def tuned_file(path: str, flag: str = "--tuned"):
+    """`flag`'s TunedSampler (a file of `scoresde tune`, or of `scoresde schedule optimize`),
+    refused before any work if it is missing or is no such file."""
+    from ..tuning import TunedSampler
+
+    accepted = "a JSON file written by `scoresde tune`"
+    input_file(flag, path, accepted[2:])
+    try:
+        return TunedSampler.load(path)
+    except (ValueError, TypeError, KeyError) as err:  # not JSON, not a tuned sampler, or fields of the wrong types
+        raise refuse(flag, accepted, path, f"{type(err).__name__}: {err}") from None
+
+
+def json_object(flag: str, text: Optional[str], what: str) -> dict:
+    """A flag's JSON object (`what` says of what), {} when not given."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise _checks.fail(flag, f"a JSON object of {what}", text) from None
+    if not isinstance(value, dict):
+        raise _checks.fail(flag, f"a JSON object of {what}", text)
+    return value

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import List
 
 from .. import _checks
-from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, int_flag, seed_flag, refuse, device_flag, input_file, output_folder
+from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, int_flag, seed_flag, refuse, device_flag, input_file, output_folder, json_object
 
 
 def add(command) -> None:
     from ..bench import ADAPTIVE_TOLERANCES, ANALYTIC, BENCH_SDES, DEFAULT_NFES, METRICS
     from ..data import BUILTIN_DATA
     from ..schedules import SCHEDULES
-    from ..tuning import MIN_CALIBRATION
+    from ..tuning import METHODS
+    from ..tuning.api import DEFAULT_VALIDATION
 
     p = command("bench", "accuracy against NFE of any solvers on problems with exact answers, or on any trained "
                          "model (--ckpt) against a data set's held-out split (--data)")
@@ -47,10 +48,19 @@ def add(command) -> None:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the sampling")
     p.add_argument("--out", default="out/bench", help="folder for accuracy_vs_nfe.{json,csv,md,png}")
     p.add_argument("--resume", action="store_true", help="skip the cells an earlier run with these settings finished")
-    p.add_argument("--optimize", action="store_true",
-                   help="add an optimized-schedule row per fixed-step ODE solver (scoresde.tuning.optimize)")
-    int_flag(p, "--calibration", low=MIN_CALIBRATION, high=MAX_SAMPLES, why=WHY_SAMPLES, default=256,
-             help="calibration batch of --optimize (held-out noise)")
+    p.add_argument("--tune", nargs="+", default=[], choices=list(METHODS), metavar="METHOD",
+                   help=f"add a row tuned:METHOD:SOLVER per method ({', '.join(METHODS)}) and fixed-step ODE solver: "
+                        "its sampler tuned by scoresde.tune per problem and NFE on noise held out from the cells'")
+    p.add_argument("--optimize", action="store_true", help="the same as --tune nelder-mead (its older name)")
+    int_flag(p, "--calibration", high=MAX_SAMPLES, why=WHY_SAMPLES, default=256,
+             help="calibration batch of --tune (prior noise from seed + 3, not the cells')")
+    int_flag(p, "--validation", high=MAX_SAMPLES, why=WHY_SAMPLES, default=DEFAULT_VALIDATION,
+             help="validation batch of --tune (drawn after the calibration batch)")
+    p.add_argument("--tune-options", default=None,
+                   help='options of the --tune methods as a JSON object by method, e.g. \'{"steps": {"epochs": 10}}\'')
+    p.add_argument("--cache-dir", default=None,
+                   help="folder where --tune caches its teacher solves (default: a temporary one for the run; "
+                        "single process only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -87,6 +97,7 @@ def _check_bench(args: argparse.Namespace, names: List[str]) -> List[str]:
                            "problem)", args.problems)
     elif args.data is not None:
         raise _checks.fail("--data", "used with --ckpt (the data set of the checkpoint's model)", args.data)
+    _check_tune(args)
     folder = output_folder(args.out)
     results = folder / "accuracy_vs_nfe.json"
     if args.resume and results.exists():
@@ -102,6 +113,38 @@ def _check_bench(args: argparse.Namespace, names: List[str]) -> List[str]:
         if wrong:
             raise refuse("--resume", accepted, str(results), "it has no valid " + ", ".join(wrong))
     return names
+
+
+def _check_tune(args: argparse.Namespace) -> None:
+    """--tune (with --optimize, its alias), --tune-options (methods of --tune, option names each
+    method takes; their values are checked by scoresde.tune) and --cache-dir."""
+    from .tune import method_options
+
+    from ..tuning import MIN_CALIBRATION
+
+    if args.optimize:
+        args.tune = [*args.tune, "nelder-mead"]
+    args.tune = list(dict.fromkeys(args.tune))
+    if "nelder-mead" in args.tune and args.calibration < MIN_CALIBRATION:
+        raise _checks.fail("calibration", f"an integer >= {MIN_CALIBRATION} for --tune nelder-mead (--optimize)",
+                           args.calibration)
+    owners = method_options()
+    accepted = "a JSON object of options by --tune method, e.g. {\"steps\": {\"epochs\": 10}}"
+    options = json_object("--tune-options", args.tune_options, "options by --tune method")
+    for method, given in options.items():
+        if method not in args.tune:
+            raise refuse("--tune-options", accepted, args.tune_options,
+                         f"{method!r} is not a --tune method ({', '.join(args.tune) or 'none given'})")
+        if not isinstance(given, dict):
+            raise refuse("--tune-options", accepted, args.tune_options, f"the options of {method!r} are no object")
+        unknown = sorted(set(given) - owners[method])
+        if unknown:
+            raise refuse("--tune-options", accepted, args.tune_options,
+                         f"method {method!r} has no option {', '.join(unknown)}; it takes "
+                         f"{', '.join(sorted(owners[method]))}")
+    args.tune_options = options
+    if args.cache_dir is not None:
+        output_folder(args.cache_dir, "--cache-dir")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -125,7 +168,8 @@ def run(args: argparse.Namespace) -> None:
             n=args.samples or quick.get("n", 1000), seed=args.seed, device=device, dtype=DTYPES[args.dtype],
             schedule=args.schedule, tolerances=args.tolerances or quick.get("tolerances", 4), out=args.out,
             resume=args.resume, progress=not args.no_progress, checkpoint=args.ckpt, data=args.data,
-            optimize=args.optimize, calibration=args.calibration,
+            tune=args.tune, calibration=args.calibration, validation=args.validation,
+            tune_options=args.tune_options, cache_dir=args.cache_dir,
         )
     if results is not None:
         print(bench.markdown(results))

@@ -9,7 +9,7 @@ import torch
 from .. import _checks
 from ..sde import SDES, by_name
 from ..plots import picture
-from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, refuse
+from ._args import DTYPES, MAX_SAMPLES, WHY_SAMPLES, MAX_STEPS, WHY_STEPS, SolverNames, int_flag, seed_flag, device_flag, input_file, output_folder, solver_options, schedule_file, refuse, tuned_file
 
 
 def add(command) -> None:
@@ -32,6 +32,9 @@ def add(command) -> None:
     grid.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="default: the solver's or the SDE's")
     grid.add_argument("--schedule-file", default=None,
                       help="a JSON file from `scoresde schedule optimize` (sets the steps; same --sde and solver)")
+    p.add_argument("--tuned", default=None,
+                   help="a JSON file from `scoresde tune`: its solver, grid and options, for the model it was tuned "
+                        "to (instead of --solver, --steps, --schedule and --schedule-file)")
     p.add_argument("--options", default=None,
                    help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
     p.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step (+1 NFE)")
@@ -69,7 +72,10 @@ def run(args: argparse.Namespace) -> None:
     folder = output_folder(args.out)
     options = solver_options(args.options)
     schedule, steps = args.schedule, args.steps
-    if args.schedule_file is not None:
+    tuned = _tuned(args)
+    if tuned is not None:  # sample() takes the solver, grid and options from the tuned sampler
+        args.solver, args.steps, schedule = tuned, tuned.steps, None
+    elif args.schedule_file is not None:
         schedule = schedule_file(args.schedule_file)
         args.solver = args.solver or schedule.solver
         args.steps = schedule.steps if steps is None else steps  # an explicit --steps goes to sample()
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
             steps = DEFAULT_STEPS  # an adaptive solver chooses its own steps: none are claimed for it
         args.steps = "adaptive" if steps is None else steps
     args.solver = args.solver or DEFAULT_SOLVER
+    name = _solver_name(args.solver)
     dtype = DTYPES[args.dtype]
     if args.ckpt is not None:
         return _sample_checkpoint(args, folder, schedule, steps, options, dtype)
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
     sde = by_name(args.sde)
     truth = get_problem(args.problem)
     model = truth.score_model(sde, prediction=args.prediction)
+    if tuned is not None:
+        _check_tuned(args, model, f"--problem {args.problem} --sde {args.sde} --prediction {args.prediction}")
     n = args.samples
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     out = sample(model, shape=(n, *truth.event_shape), solver=args.solver, steps=steps,
@@ -101,15 +110,14 @@ def run(args: argparse.Namespace) -> None:
     floor = metrics.two_sample_floor(metrics.sliced_wasserstein,
                                      lambda k, g: truth.sample(k, g, dtype=torch.float64, device=args.device),
                                      n, repeats=5, generator=torch.Generator(device=args.device).manual_seed(args.seed + 2))
-    schedule_name = args.schedule_file or args.schedule or "default"
-    print(f"{args.problem} | {args.sde} | {args.solver} | steps={args.steps} schedule={schedule_name}: "
+    schedule_name = args.tuned or args.schedule_file or args.schedule or "default"
+    print(f"{args.problem} | {args.sde} | {name} | steps={args.steps} schedule={schedule_name}: "
           f"nfe={out.nfe}, {out.seconds:.3f} s, sliced W2 to exact samples {sw:.4f} "
           f"(two-sample floor {float(floor.mean):.4f} +- {float(floor.std):.4f})")
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.problem}_{args.sde}_{args.solver}_{args.steps}"
-    settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
-    torch.save({"x": out.x.cpu(), "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
-    _plot(out.x.double().cpu(), exact.cpu(), folder / f"{stem}.png", f"{args.solver}, {out.nfe} NFE, {args.sde}")
+    stem = f"{args.problem}_{args.sde}_{_stem(args)}"
+    torch.save({"x": out.x.cpu(), "nfe": out.nfe, "times": out.times, "args": _settings(args)}, folder / f"{stem}.pt")
+    _plot(out.x.double().cpu(), exact.cpu(), folder / f"{stem}.png", f"{name}, {out.nfe} NFE, {args.sde}")
     print(f"wrote {folder / (stem + '.pt')} and {folder / (stem + '.png')}")
 
 
@@ -123,6 +131,7 @@ def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype
     from ..guidance import ClassifierFree
     from ..solvers import sample
     from ..training import load_model
+    from ..tuning import TunedSampler
 
     path = input_file("--ckpt", args.ckpt, "Trainer checkpoint file")
     state = score_checkpoint(path, "--ckpt")
@@ -134,6 +143,8 @@ def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype
         data = [checkpoint_data(state, args.data, split, name="--data", dtype=torch.float64, device=args.device)
                 for split in ("train", "test")]
     model = load_model(path, args.weights, device=args.device, dtype=dtype)
+    if isinstance(args.solver, TunedSampler):
+        _check_tuned(args, model, f"--ckpt {path} --weights {args.weights}")
     guided = model
     if cond is not None:
         scale = 1.0 if args.guidance_scale is None else _checks.real("guidance-scale", args.guidance_scale, low=0)
@@ -143,23 +154,70 @@ def _sample_checkpoint(args, folder: Path, schedule, steps, options: dict, dtype
         out = sample(guided, shape=(args.samples, *shape), solver=args.solver, steps=steps, schedule=schedule,
                      denoise=args.denoise, generator=gen, dtype=dtype, device=args.device, progress=args.progress,
                      **options)
-    what, stem = "", f"{path.stem}_{args.solver}_{args.steps}"
+    name = _solver_name(args.solver)
+    what, stem = "", f"{path.stem}_{_stem(args)}"
     if cond is not None:
         given = f"label={args.label}" if args.label is not None else f"cond={args.cond}"
         what = f" {given} scale={guided.scale:g}"
         stem += f"_label{args.label}" if args.label is not None else f"_cond-{Path(args.cond).stem}"
-    print(f"{path} ({args.weights} weights, step {int(state['step'])}) | {args.solver} | steps={args.steps}{what}: "
+    print(f"{path} ({args.weights} weights, step {int(state['step'])}) | {name} | steps={args.steps}{what}"
+          + (f" tuned={args.tuned}" if args.tuned else "") + ": "
           f"{args.samples} samples of shape {shape}, nfe={out.nfe}, {out.seconds:.3f} s")
     x = out.x.detach()
     if data is not None:
         _compare(x, model.sde, *data, args.seed)
     folder.mkdir(parents=True, exist_ok=True)
     x = x.cpu()
-    settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
-    torch.save({"x": x, "nfe": out.nfe, "times": out.times, "args": settings}, folder / f"{stem}.pt")
+    torch.save({"x": x, "nfe": out.nfe, "times": out.times, "args": _settings(args)}, folder / f"{stem}.pt")
     np.savez(folder / f"{stem}.npz", x=x.double().numpy(), nfe=out.nfe, times=out.times.numpy())
-    picture(folder / f"{stem}.png", (x.double(), f"{args.solver}, {out.nfe} NFE{what}"))
+    picture(folder / f"{stem}.png", (x.double(), f"{name}, {out.nfe} NFE{what}"))
     print(f"wrote {folder / stem}.{{pt,npz,png}}")
+
+
+def _tuned(args):
+    """--tuned's TunedSampler, or None; refused with the flags it replaces and with guidance
+    (a sampler is tuned to one unguided model)."""
+    if args.tuned is None:
+        return None
+    given = [f for f, v in (("--solver", args.solver), ("--steps", args.steps), ("--schedule", args.schedule),
+                            ("--schedule-file", args.schedule_file)) if v is not None]
+    if given:
+        raise _checks.fail("--tuned", "given without --solver, --steps, --schedule and --schedule-file (it brings "
+                           "its own solver and grid)", f"--tuned with {', '.join(given)}")
+    guided = [f for f, v in (("--label", args.label), ("--cond", args.cond), ("--guidance-scale", args.guidance_scale))
+              if v is not None]
+    if guided:
+        raise _checks.fail("--tuned", "given without guidance (a sampler is tuned to the unguided model)",
+                           f"--tuned with {', '.join(guided)}")
+    return tuned_file(args.tuned)
+
+
+def _check_tuned(args, model, given: str) -> None:
+    """The tuned sampler's own refusal of another model or SDE, before any work, naming the flags."""
+    try:
+        args.solver.grid(model.sde)
+        args.solver.check(model)
+    except ValueError as err:
+        raise _checks.ArgumentError(f"--tuned {args.tuned}: {err} (the model of {given})") from None
+
+
+def _solver_name(solver) -> str:
+    return solver if isinstance(solver, str) else solver.solver
+
+
+def _stem(args) -> str:
+    """<solver>_<steps> of the output files; a tuned sampler's: tuned-<method>_<solver>_<steps>."""
+    if isinstance(args.solver, str):
+        return f"{args.solver}_{args.steps}"
+    return f"tuned-{args.solver.method}_{args.solver.solver}_{args.steps}"
+
+
+def _settings(args) -> dict:
+    """The flags as saved with the samples (the tuned sampler as its file)."""
+    settings = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
+    if not isinstance(args.solver, str):
+        settings["solver"] = args.solver.solver
+    return settings
 
 
 def _condition(args, num_classes, cond_dim):
