@@ -234,6 +234,24 @@ def analyze(results: dict) -> dict:
                 per_nfe_rule_over_it=score(rmse_, "heldout", probs, rules["per_nfe"][str(nfe)], nfe)
                 / score(rmse_, "heldout", probs, here, nfe))
     analysis["per_sde"] = per_sde
+    # a rule of the SDE: per SDE one configuration for every step count, chosen on the select
+    # noise of that SDE's mixtures, reported on held-out noise over all mixtures and on digits (VP)
+    by_sde = {}
+    for sde_name in per_sde:
+        probs = [p for p in mixtures if p.endswith("/" + sde_name)]
+        by_sde[sde_name] = choose_rules(rmse_, probs, labels)["single"]
+    sde_report = {}
+    for nfe in NFES:
+        mine = gmean(rmse_[p]["heldout"][by_sde[p.split("/")[1]][str(nfe)]][str(nfe)] for p in mixtures)
+        top = best(rmse_, "heldout", mixtures, nfe, allowed)
+        sde_report[str(nfe)] = dict(rmse=mine, best_candidate=top,
+                                    ratio_to_best_candidate=mine / score(rmse_, "heldout", mixtures, top, nfe))
+        if "digits" in rmse_ and by_sde.get("vp", {}).get(str(nfe)) in rmse_["digits"]["heldout"]:
+            measured = [c for c in labels if c in rmse_["digits"]["heldout"]]
+            sde_report[str(nfe)]["digits_ratio_to_best"] = (
+                score(rmse_, "heldout", ["digits"], by_sde["vp"][str(nfe)], nfe)
+                / score(rmse_, "heldout", ["digits"], best(rmse_, "heldout", ["digits"], nfe, measured), nfe))
+    analysis["rule_of_the_sde"] = {"rules": by_sde, "heldout": sde_report}
     # the ten best configurations per NFE on all mixtures (and digits), held-out noise
     for where, probs in (("mixtures", mixtures), ("digits", ["digits"] if "digits" in rmse_ else [])):
         if probs:
