@@ -154,7 +154,8 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
     """Over all problems, per fixed-step solver and budget: the geometric mean of the terminal
     RMSE (ODE solvers; '-' unless every problem has a finished cell) and how many problems'
     sliced W2 lies within two floor standard deviations of the floor mean; a counted NFE other
-    than the column's budget follows in brackets."""
+    than the column's budget follows in brackets. A budget no problem ran (below one step of
+    the solver) is '-'."""
     problems = results["problems"]
     solvers = [s for s in dict.fromkeys(c["solver"] for c in results["cells"]) if not get(s).adaptive]
     lines = [f"\n## Summary over {len(problems)} problems\n",
@@ -173,6 +174,9 @@ def summary(results: dict, budgets: Sequence[int] = TABLE_NFES) -> str:
                        + 2 * problems[name]["floors"]["sliced_w2"]["std"])
             counted = sorted({c["nfe"] for c in cells if c is not None and c["status"] == "ok"} - {b})
             nfe = f" ({'/'.join(map(str, counted))})" if counted else ""  # what the cells counted, if not b
+            if all(c is None for c in cells):  # a budget below one step of this solver: never run
+                row.append("-")
+                continue
             row.append((f"{mean} / {near}" if get(solver).kind == "ode" else f"{near}") + nfe)
         lines.append(f"| {_label(solver, method)} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
