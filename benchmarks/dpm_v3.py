@@ -9,6 +9,15 @@ x_T is drawn with another seed. Writes benchmarks/results/dpm_v3.{json,png}: per
 NFE every pair's RMSE, the best other pair (of 6 solvers x 4 schedules), DPM-Solver-v3's RMSE
 (default options on each schedule, its best of the four, and option variants), their ratios to
 the best other pair, and the geometric means of the ratios over problems.
+
+Separatrix rows: a row whose path ends in another mode than the reference's has an error of
+the modes' distance, and one such row of 500 can decide a cell. So each cell also records, per
+pair, its outlier rows (`flipped`: off by more than FLIP and more than OUTLIER times the pair's
+median row error), and the same comparison on the rows that are no pair's outlier
+(`common_rows`: the RMSEs, the ratios, and their geometric means `..._common_rows`).
+
+    OMP_NUM_THREADS=1 python benchmarks/dpm_v3.py --problems gmm16d/ve gmm64d/ve --nfe 20
+(a subset writes dpm_v3_subset.{json,png})
 """
 import argparse
 import json
@@ -31,10 +40,28 @@ V3 = {**{f"v3/{schedule}": ({}, schedule) for schedule in SCHEDULES},
 #: the rows compared with the best other pair: v3 on one fixed schedule, or on its best of the
 #: four (per problem and NFE, as the other pairs' best is)
 CLAIMS = ("v3/best-schedule", *(f"v3/{schedule}" for schedule in SCHEDULES))
+#: a row (one sample) off the reference by more than FLIP and OUTLIER times its pair's median
+#: row error ended near another mode
+FLIP, OUTLIER = 0.1, 10.0
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).square().mean().sqrt())
+
+
+def row_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).flatten(1).square().mean(1).sqrt()
+
+
+def outliers(e: torch.Tensor) -> torch.Tensor:
+    """The rows of one pair's row errors e that ended near another mode (bool)."""
+    return (e > FLIP) & (e > OUTLIER * e.median())
+
+
+def common_rows(rows: dict) -> dict:
+    """Each pair's RMSE over the rows that are no pair's outliers."""
+    keep = ~torch.stack([outliers(e) for e in rows.values()]).any(0)
+    return {k: float(e[keep].square().mean().sqrt()) for k, e in rows.items()}
 
 
 def run(problems, nfes, n, seed):
@@ -51,29 +78,40 @@ def run(problems, nfes, n, seed):
         t_stats = time.perf_counter() - t_stats
         cells = {}
         for nfe in nfes:
-            row = {}
+            row, rows = {}, {}
             for solver in OTHERS:
                 for schedule in SCHEDULES:
                     steps = sd.solvers.get(solver).steps_for_nfe(nfe)
                     res = sd.sample(model, x_T=x_T, solver=solver, steps=steps, schedule=schedule)
                     assert res.nfe == nfe, (solver, res.nfe)
                     row[f"{solver}/{schedule}"] = rmse(res.x, ref)
+                    rows[f"{solver}/{schedule}"] = row_rmse(res.x, ref)
             for label, (options, schedule) in V3.items():
                 res = sd.sample(model, x_T=x_T, solver="dpm-solver-v3", steps=nfe, schedule=schedule,
                                 statistics=stats, **options)
                 assert res.nfe == nfe
                 row[label] = rmse(res.x, ref)
+                rows[label] = row_rmse(res.x, ref)
             best = min((k for k in row if not k.startswith("v3")), key=row.get)
             v3_best = min((f"v3/{schedule}" for schedule in SCHEDULES), key=row.get)
             row["v3/best-schedule"] = row[v3_best]
+            common = common_rows(rows)
+            best_c = min((k for k in common if not k.startswith("v3")), key=common.get)
+            v3_best_c = min((f"v3/{schedule}" for schedule in SCHEDULES), key=common.get)
+            common["v3/best-schedule"] = common[v3_best_c]
             cells[str(nfe)] = {"rmse": row, "best_other": best, "best_other_rmse": row[best],
                                "v3_best_schedule": v3_best.split("/")[1], "v3_rmse": row[v3_best],
                                "ratio": row[v3_best] / row[best],
-                               "ratios": {k: row[k] / row[best] for k in (*CLAIMS, *V3) if k in row}}
+                               "ratios": {k: row[k] / row[best] for k in (*CLAIMS, *V3) if k in row},
+                               "flipped": {k: int(outliers(e).sum()) for k, e in rows.items()},
+                               "common_rows": {"rows": int((~torch.stack([outliers(e) for e in rows.values()]).any(0)).sum()),
+                                               "rmse": common, "best_other": best_c,
+                                               "ratios": {k: common[k] / common[best_c] for k in (*CLAIMS, *V3)}}}
         out[name] = {"cells": cells, "statistics": {"samples": stats.samples, "grid": stats.lam.numel() - 1,
                                                     "nfe": stats.nfe, "seconds": t_stats},
                      "seconds": time.perf_counter() - start}
-        print(name, " ".join(f"{k}:{c['ratio']:.3f}(v3 {c['v3_best_schedule']} vs {c['best_other']})"
+        print(name, " ".join(f"{k}:{c['ratio']:.3f}(v3 {c['v3_best_schedule']} vs {c['best_other']}; "
+                             f"common rows {c['common_rows']['ratios']['v3/best-schedule']:.3f})"
                              for k, c in cells.items()), flush=True)
     return out
 
@@ -84,6 +122,9 @@ def summary(results, nfes):
         labels = results[next(iter(results))]["cells"][str(nfe)]["ratios"]
         geo[str(nfe)] = {label: math.exp(sum(math.log(r["cells"][str(nfe)]["ratios"][label]) for r in results.values())
                                          / len(results)) for label in labels}
+        geo[str(nfe)].update({f"{label}_common_rows": math.exp(
+            sum(math.log(r["cells"][str(nfe)]["common_rows"]["ratios"][label]) for r in results.values()) / len(results))
+            for label in labels})
     return geo
 
 
@@ -113,21 +154,29 @@ def plot(results, geo, nfes, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 problems, 200 samples")
+    parser.add_argument("--problems", nargs="+", default=None,
+                        help="a subset of the problems (e.g. gmm16d/ve); writes dpm_v3_subset.*")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--n", type=int, default=None, help="samples (default 500, quick 200)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the held-out noise x_T")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    problems = ["ring2d/vp", "gmm16d/edm", "bimodal1d/ve"] if args.quick else [
-        f"{p}/{s}" for p in ANALYTIC for s in BENCH_SDES]
+    every = [f"{p}/{s}" for p in ANALYTIC for s in BENCH_SDES]
+    for name in args.problems or ():
+        if name not in every:
+            parser.error(f"--problems must be among {every}; got {name!r}")
+    problems = args.problems or (["ring2d/vp", "gmm16d/edm", "bimodal1d/ve"] if args.quick else every)
     n = args.n or (200 if args.quick else 500)
     start = time.perf_counter()
     results = run(problems, args.nfe, n, args.seed)
     geo = summary(results, args.nfe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "dpm_v3_quick" if args.quick else "dpm_v3"
-    doc = {"command": "python benchmarks/dpm_v3.py" + (" --quick" if args.quick else ""), "n": n, "seed": args.seed,
+    stem = "dpm_v3_subset" if args.problems else "dpm_v3_quick" if args.quick else "dpm_v3"
+    command = "python benchmarks/dpm_v3.py" + (" --quick" if args.quick else "") + (
+        " --problems " + " ".join(args.problems) if args.problems else "") + (
+        " --nfe " + " ".join(map(str, args.nfe)) if args.nfe != [5, 10, 20] else "")
+    doc = {"command": command, "flip": FLIP, "outlier": OUTLIER, "n": n, "seed": args.seed,
            "nfe": args.nfe, "others": list(OTHERS), "schedules": list(SCHEDULES),
            "v3_variants": {k: {"options": o, "schedule": s} for k, (o, s) in V3.items()},
            "oracle_statistics": dict(dpm_v3.ORACLE_STATISTICS), "geometric_mean_ratio": geo,

@@ -35,7 +35,7 @@ from .. import _checks
 from ..model import ScoreModel, fingerprint
 from ..sde import SDE
 from ._loop import LOWER_ORDER_FINAL_BELOW, Loop, as_float, multistep_order
-from .exponential import _final_options, _final_step_evals, _finish, _to_zero
+from .exponential import final_options, final_step_evals, finish, to_zero
 from .registry import register
 
 __all__ = ["ModelStatistics", "model_statistics", "oracle_statistics", "ORACLE_STATISTICS", "FORMAT",
@@ -412,7 +412,7 @@ def _update(c: _Coefficients, x: torch.Tensor, g0: torch.Tensor, derivatives: Li
     return c.decay * x - c.scale * inner
 
 
-@register("dpm-solver-v3", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+@register("dpm-solver-v3", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=final_step_evals,
           description="DPM-Solver-v3: multistep predictor-corrector on empirical model statistics")
 def dpm_solver_v3(
     model: ScoreModel,
@@ -436,7 +436,7 @@ def dpm_solver_v3(
     history = _checks.integer("history", history, 1, 3)
     corrector = _checks.boolean("corrector", corrector)
     pseudo = _checks.boolean("pseudo", pseudo)
-    below, final_step = _final_options(lower_order_final, final_step)
+    below, final_step = final_options(lower_order_final, final_step)
     if statistics is not None and not isinstance(statistics, ModelStatistics):
         raise _checks.fail("statistics", "None or a ModelStatistics (scoresde.solvers.dpm_v3.model_statistics)",
                            type(statistics).__name__)
@@ -459,7 +459,7 @@ def dpm_solver_v3(
     eps = model.eps(x, g.t[0])
     f = rescaled(0, x, eps) if stepped else None
     for i, t, t_next in loop.steps():
-        if _to_zero(loop, i, final_step):
+        if to_zero(loop, i, final_step):
             x = x / g.alpha[i] - g.sigma_hat[i] * eps  # the data prediction at the last time
             loop.done(i, x, x)
             break
@@ -482,4 +482,4 @@ def dpm_solver_v3(
             g_hist = [c.exp_dS * (gv + c.Bstep) for gv in g_hist]  # to the new base point
         loop.done(i, x, x_s / g.alpha[i] - g.sigma_hat[i] * eps if loop.is_last(i) else
                   x / g.alpha[i + 1] - g.sigma_hat[i + 1] * eps)
-    return _finish(model, x, loop, final_step)
+    return finish(model, x, loop, final_step)

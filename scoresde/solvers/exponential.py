@@ -26,7 +26,7 @@ from .registry import register
 __all__ = [
     "ddim", "dpm_solver_2", "dpm_solver_3", "dpm_multistep", "unipc", "ipndm", "deis",
     "ddim_update", "dpm_multistep_update", "unipc_update", "lower_order_threshold", "FINAL_STEPS",
-    "UNIPC_VARIANTS", "DEIS_BASES",
+    "UNIPC_VARIANTS", "DEIS_BASES", "final_step_evals", "final_options", "to_zero", "finish",
 ]
 
 #: what a multistep solver's last step does: "t_end" stops at the grid's last time; "denoise"
@@ -39,8 +39,9 @@ __all__ = [
 FINAL_STEPS = ("t_end", "denoise", "zero")
 
 
-def _final_step_evals(options: Mapping[str, object]) -> int:
-    """Evaluations beyond one per step: the Tweedie evaluation of final_step="denoise"."""
+def final_step_evals(options: Mapping[str, object]) -> int:
+    """Evaluations beyond one per step of a solver with a final_step option, from its options:
+    the Tweedie evaluation of final_step="denoise" (a registry `extra_evals`)."""
     return 1 if options.get("final_step") == "denoise" else 0
 
 
@@ -55,17 +56,18 @@ def lower_order_threshold(lower_order_final: Union[bool, int]) -> int:
     return int(lower_order_final)
 
 
-def _final_options(lower_order_final: Union[bool, int], final_step: str):
-    """lower_order_final as a threshold and the final step rule, checked."""
+def final_options(lower_order_final: Union[bool, int], final_step: str) -> Tuple[int, str]:
+    """(threshold, rule): lower_order_final as the step count below which the order tapers
+    (`lower_order_threshold`) and the final_step rule (one of FINAL_STEPS), both checked."""
     return lower_order_threshold(lower_order_final), _checks.choice("final_step", final_step, FINAL_STEPS)
 
 
-def _to_zero(loop: Loop, i: int, final_step: str) -> bool:
-    """Whether step i is final_step="zero"'s jump to sigma = 0."""
+def to_zero(loop: Loop, i: int, final_step: str) -> bool:
+    """Whether step i of the loop is final_step="zero"'s jump to sigma = 0 (the last step)."""
     return final_step == "zero" and loop.is_last(i)
 
 
-def _finish(model: ScoreModel, x: torch.Tensor, loop: Loop, final_step: str) -> torch.Tensor:
+def finish(model: ScoreModel, x: torch.Tensor, loop: Loop, final_step: str) -> torch.Tensor:
     """The state a solver returns: with final_step="denoise", `Loop.denoise` (what
     `sample(denoise=True)` does)."""
     return loop.denoise(model, x, "final_step='denoise'") if final_step == "denoise" else x
@@ -128,25 +130,25 @@ def dpm_solver_3(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loo
 
 
 @register("dpm++2m", kind="ode", order=2, evals_per_step=1, affine=True, defaults={"history": 2},
-          extra_evals=_final_step_evals, description="multistep DPM-Solver++(2M)")
+          extra_evals=final_step_evals, description="multistep DPM-Solver++(2M)")
 @register("dpm++3m", kind="ode", order=3, evals_per_step=1, affine=True, defaults={"history": 3},
-          extra_evals=_final_step_evals, description="multistep DPM-Solver++(3M)")
+          extra_evals=final_step_evals, description="multistep DPM-Solver++(3M)")
 def dpm_multistep(
     model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 2,
     lower_order_final: Union[bool, int] = LOWER_ORDER_FINAL_BELOW, final_step: str = "t_end"
 ) -> torch.Tensor:
     # Lu et al. 2022b, Algorithm 2 (2M) and its third-order extension, data prediction
     history = _checks.integer("history", history, 1, 3)
-    below, final_step = _final_options(lower_order_final, final_step)
+    below, final_step = final_options(lower_order_final, final_step)
     g, x0s = loop.grid, History(history)
     for i, t, t_next in loop.steps():
         x0s.push(g.lam[i], model.x0(x, t))
-        if _to_zero(loop, i, final_step):
+        if to_zero(loop, i, final_step):
             x = x0s.values[-1]
         else:
             x = dpm_multistep_update(g, i, x, x0s, multistep_order(i, loop.num_steps, history, below))
         loop.done(i, x, x0s.values[-1])
-    return _finish(model, x, loop, final_step)
+    return finish(model, x, loop, final_step)
 
 
 def dpm_multistep_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int) -> torch.Tensor:
@@ -213,7 +215,7 @@ def _solve_vandermonde(r: Sequence[Scalar], b: Sequence[Scalar]) -> List[Scalar]
 UNIPC_VARIANTS = ("bh1", "bh2")
 
 
-@register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+@register("unipc", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=final_step_evals,
           description="UniPC (UniP-p + UniC), bh1/bh2")
 def unipc(
     model: ScoreModel,
@@ -233,11 +235,11 @@ def unipc(
     history = _checks.integer("history", history, 1, 3)
     variant = _checks.choice("variant", variant, UNIPC_VARIANTS)
     corrector = _checks.boolean("corrector", corrector)
-    below, final_step = _final_options(lower_order_final, final_step)
+    below, final_step = final_options(lower_order_final, final_step)
     g, x0s = loop.grid, History(3)
     x0s.push(g.lam[0], model.x0(x, g.t[0]))
     for i, t, t_next in loop.steps():
-        if _to_zero(loop, i, final_step):
+        if to_zero(loop, i, final_step):
             x = x0s.values[-1]
             loop.done(i, x, x)
             break
@@ -250,7 +252,7 @@ def unipc(
             x = unipc_update(g, i, x, x0s, p, variant, x0_next) if corrector else x_pred
             x0s.push(g.lam[i + 1], x0_next)
         loop.done(i, x, x0s.values[-1])
-    return _finish(model, x, loop, final_step)
+    return finish(model, x, loop, final_step)
 
 
 def unipc_update(g: Grid, i: int, x: torch.Tensor, x0s: History, p: int, variant: str = "bh2",
@@ -283,20 +285,20 @@ def _sigma_hat_multistep(model: ScoreModel, x: torch.Tensor, loop: Loop, history
     p = multistep_order (lower order for the first steps, and the last ones below the threshold).
     The jump of final_step="zero" integrates to sigma_hat = 0, where x = y."""
     history = _checks.integer("history", history, 1, 4)
-    below, final_step = _final_options(lower_order_final, final_step)
+    below, final_step = final_options(lower_order_final, final_step)
     g, eps = loop.grid, History(history)
     for i, t, t_next in loop.steps():
         eps.push(g.lam[i], model.eps(x, t))
         p = multistep_order(i, loop.num_steps, history, below)
-        zero = _to_zero(loop, i, final_step)
+        zero = to_zero(loop, i, final_step)
         w = weights([g.sigma_hat[i - j] for j in range(p)], g.sigma_hat[i], 0.0 if zero else g.sigma_hat[i + 1])
         y = x / g.alpha[i] + sum(w_k * e for w_k, e in zip(w, reversed(eps.values)))
         x = y if zero else g.alpha[i + 1] * y
         loop.done(i, x)
-    return _finish(model, x, loop, final_step)
+    return finish(model, x, loop, final_step)
 
 
-@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+@register("ipndm", kind="ode", order=2, evals_per_step=1, affine=True, extra_evals=final_step_evals,
           description="improved PNDM: AB4 with equal-step weights (order 2 on non-uniform grids)")
 def ipndm(model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 4,
           lower_order_final: Union[bool, int] = 0, final_step: str = "t_end") -> torch.Tensor:
@@ -375,7 +377,7 @@ def _log_lagrange_integral(nodes: List[Scalar], j: int, lo: Scalar, hi: Scalar) 
     return (antiderivative(hi) - antiderivative(lo)) / denom
 
 
-@register("deis", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=_final_step_evals,
+@register("deis", kind="ode", order=3, evals_per_step=1, affine=True, extra_evals=final_step_evals,
           description="DEIS (variable-step AB in rho or log rho)")
 def deis(
     model: ScoreModel, x: torch.Tensor, ts: torch.Tensor, loop: Loop, *, history: int = 3, basis: str = "log_rho",
