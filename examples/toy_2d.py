@@ -27,6 +27,7 @@ import math
 import torch
 
 import scoresde as sd
+from scoresde.solvers.dpm_v3 import model_statistics
 from _common import parse_args, pyplot, save_figure, scatter, toy_floor, train_toy_model, write_table
 
 OPTIONS = {
@@ -49,6 +50,10 @@ def main(argv=None) -> None:
     exact = sd.data.sample_toy(args.data, n, torch.Generator().manual_seed(args.seed + 1))
     floor = toy_floor(args.data, n, args.seed)
     x_T = sd.VPSDE().prior_sample((n, 2), generator=torch.Generator().manual_seed(args.seed))
+    # dpm-solver-v3 needs the model's statistics, computed on data samples (here fresh toy draws)
+    data = sd.data.sample_toy(args.data, 512, torch.Generator().manual_seed(args.seed + 2))
+    OPTIONS["dpm-solver-v3"] = dict(statistics=model_statistics(model, data, steps=64,
+                                                                generator=torch.Generator().manual_seed(args.seed)))
 
     rows, samples = [], {}
     for solver in sd.solvers.available():
