@@ -151,9 +151,10 @@ def test_bench_optimize_adds_an_optimized_row(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     cells = json.loads((tmp_path / "accuracy_vs_nfe.json").read_text())["cells"]
     default, tuned = [c for c in cells if c["solver"] == "dpm++2m"]
-    assert (default["schedule"], tuned["schedule"]) == (None, "optimized") and tuned["nfe"] == default["nfe"] == 5
-    assert tuned["optimization"]["calibration"] == 32 and tuned["optimization"]["cost_nfe"] > 0
+    # --optimize is --tune nelder-mead: the row is named after the method
+    assert (default["schedule"], tuned["schedule"]) == (None, "tuned:nelder-mead") and tuned["nfe"] == default["nfe"] == 5
+    assert tuned["tuning"]["calibration"] == 32 and tuned["tuning"]["cost_nfe"] > 0
     # measured 0.146 (logsnr, the default) vs 0.029: a factor 5, asserted as 2
     assert tuned["rmse"] < 0.5 * default["rmse"]
     assert [c["schedule"] for c in cells if c["solver"] == "euler-maruyama"] == [None]  # SDE solvers: no twin
-    assert "| dpm++2m (optimized) |" in (tmp_path / "accuracy_vs_nfe.md").read_text()
+    assert "| tuned:nelder-mead:dpm++2m |" in (tmp_path / "accuracy_vs_nfe.md").read_text()
