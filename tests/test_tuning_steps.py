@@ -172,3 +172,33 @@ def test_gits_initialization_is_taken_where_it_fits_calibration_better():
     assert set(cal) == {"gits", "start"}
     assert tuned.details["init_grid"] == ("gits" if cal["gits"] < cal["start"] else "start")
     assert math.isfinite(tuned.loss)
+
+
+def test_the_shared_fitting_loop_keeps_the_validation_best_and_stops_after_patience():
+    # gradient descent on the calibration loss (p - 3)^2 from p = 0, validated on (p - 2)^2: p
+    # passes 2 at a known epoch, then validation worsens for `patience` epochs and the loop stops
+    from scoresde.tuning.fitting import fit_early_stopped
+
+    p, lr, rows, batch, patience = [0.0], 0.1, 10, 4, 3
+    seen = []
+
+    def step(indices):
+        seen.append(indices.tolist())
+        p[0] -= lr * 2 * (p[0] - 3)
+        return (p[0] - 3) ** 2
+
+    fit = fit_early_stopped(step, lambda: ((p[0] - 2) ** 2, p[0]), (4.0, 0.0), rows, batch, 50, patience,
+                            torch.Generator().manual_seed(0), torch.device("cpu"))
+    per_epoch = math.ceil(rows / batch)  # 3 steps: p_k = 3 (1 - 0.8^(3k))
+    values = [(3 * (1 - 0.8 ** (per_epoch * k)) - 2) ** 2 for k in range(len(fit.validation_history))]
+    best = min(range(len(values)), key=values.__getitem__)
+    assert fit.validation_history == pytest.approx(values, rel=1e-12)
+    assert fit.best_epoch == best == 2 and fit.state == pytest.approx(3 * (1 - 0.8**6), rel=1e-12)
+    assert len(fit.train_history) == best + patience and fit.iterations == (best + patience) * per_epoch
+    for epoch in range(best + patience):  # each epoch visits every row once, in mini-batches of 4, 4, 2
+        chunk = seen[epoch * per_epoch: (epoch + 1) * per_epoch]
+        assert [len(c) for c in chunk] == [4, 4, 2] and sorted(sum(chunk, [])) == list(range(rows))
+    # a loss that never improves on the start returns the start's state
+    never = fit_early_stopped(step, lambda: (5.0, "moved"), (4.0, "start"), rows, batch, 10, 2,
+                              torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert never.state == "start" and never.best_epoch == 0 and never.loss == never.loss_start == 4.0

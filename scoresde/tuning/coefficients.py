@@ -14,7 +14,8 @@ pulls the weights back toward the known solver's.
 
 Training. Adam on mini-batches of calibration pairs (x_T, teacher endpoint), validation RMSE
 after every epoch; the parameters best on validation are kept (the start counts: a run that
-never beats it returns it exactly), training stops after `patience` epochs without a new best.
+never beats it returns it exactly), training stops after `patience` epochs without a new best
+(`scoresde.tuning.fitting.fit_early_stopped`, as method "steps").
 Losses of the per-sample mean squared errors e_b as in method "steps": "mse", "huber", "cvar".
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..schedules import check_end, validate
 from ..solvers import Grid, NonFiniteError, get, sample
 from ..solvers._loop import as_float
 from ..solvers.learned import LEARNED, NATIVE, Coefficients, coefficients_of
+from .fitting import fit_early_stopped
 from .steps import LOSSES, grid_from_logits, logits_of_grid, training_loss
 
 __all__ = ["COEFFICIENTS_DEFAULTS", "LOSSES", "LearnedCoefficients", "check_options", "learn_coefficients",
@@ -204,45 +206,34 @@ def learn_coefficients(
         e_start = errors(x_cal, y_cal, start, c_start, grad=False)
     scale2 = max((o["huber_scale"] ** 2) * float(e_start.mean()), 1e-300)
     loss_fn = training_loss(o["loss"], o["cvar_alpha"], scale2)
-    best = validation(start, c_start)
-    loss_start, best_state, best_epoch, since, iterations = best, (start.clone(), start_options), 0, 0, 0
-    train_history: List[float] = []
-    validation_history: List[float] = [best]
     n, batch = x_cal.shape[0], min(o["batch_size"], x_cal.shape[0])
     count_params = sum(len(r) for r in u + v)
-    for epoch in range(1, o["epochs"] + 1):
-        order = torch.randperm(n, generator=gen, device=gen.device).to(x_cal.device)
-        total, count = 0.0, 0
-        for lo in range(0, n, batch):
-            rows = order[lo: lo + batch]
-            ts, c = current(grad=True)
-            if not bool((ts.detach()[1:] < ts.detach()[:-1]).all()):
-                break  # round-off merged two times: the epoch ends, the best state stays
-            try:
-                loss = loss_fn(errors(x_cal[rows], y_cal[rows], ts, c, grad=True))
-            except NonFiniteError:
-                break
-            if not bool(torch.isfinite(loss)):
-                break
-            penalty = o["reg"] * sum((r.square().sum() for r in u + v), torch.zeros((), dtype=torch.float64))
-            optimizer.zero_grad()
-            (loss + penalty / count_params).backward()
-            optimizer.step()
-            iterations += 1
-            total, count = total + float(loss.detach()) * len(rows), count + len(rows)
-        train_history.append(total / count if count else math.inf)
+
+    def step(rows: torch.Tensor) -> Optional[float]:
+        ts, c = current(grad=True)
+        if not bool((ts.detach()[1:] < ts.detach()[:-1]).all()):
+            return None  # round-off merged two times: the epoch ends, the best state stays
+        try:
+            loss = loss_fn(errors(x_cal[rows], y_cal[rows], ts, c, grad=True))
+        except NonFiniteError:
+            return None
+        if not bool(torch.isfinite(loss)):
+            return None
+        penalty = o["reg"] * sum((r.square().sum() for r in u + v), torch.zeros((), dtype=torch.float64))
+        optimizer.zero_grad()
+        (loss + penalty / count_params).backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def evaluate():
         state = snapshot()
-        value = validation(state[0], _as_coefficients(state[1]))
-        validation_history.append(value)
-        if value < best:
-            best, best_epoch, since, best_state = value, epoch, 0, state
-        else:
-            since += 1
-            if since >= o["patience"]:
-                break
-    times, solver_options = best_state
-    return LearnedCoefficients(times, solver_options, loss_start, best, best_epoch, train_history,
-                               validation_history, iterations, model.nfe - nfe_before)
+        return validation(state[0], _as_coefficients(state[1])), state
+
+    fit = fit_early_stopped(step, evaluate, (validation(start, c_start), (start.clone(), start_options)), n, batch,
+                            o["epochs"], o["patience"], gen, x_cal.device)
+    times, solver_options = fit.state
+    return LearnedCoefficients(times, solver_options, fit.loss_start, fit.loss, fit.best_epoch, fit.train_history,
+                               fit.validation_history, fit.iterations, model.nfe - nfe_before)
 
 
 def _residuals(g: Grid, i: int, u: torch.Tensor, v: torch.Tensor, consistent: bool):

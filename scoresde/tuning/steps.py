@@ -9,7 +9,8 @@ learned offset, 0 at the start: the step coefficients see t_i, the network sees 
 
 Training. Adam (or RMSprop) on mini-batches of calibration pairs (x_T, teacher endpoint), for a
 fixed number of epochs, the validation batch's RMSE measured after every epoch: the parameters
-best on validation are kept and training stops after `patience` epochs without a new best.
+best on validation are kept and training stops after `patience` epochs without a new best (the
+loop `scoresde.tuning.fitting.fit_early_stopped`, shared with method "coefficients").
 LD3's soft teacher: during training the student starts from x'_T = x_T + delta, delta a learned
 per-sample perturbation inside the ball of radius slack * sigma_T * sqrt(d) (d the data
 dimension: `slack` is relative to the typical norm of x_T); validation starts from x_T itself.
@@ -30,6 +31,7 @@ from .. import _checks
 from ..model import ScoreModel
 from ..solvers import NonFiniteError, sample
 from ..solvers._loop import t_of_log_snr
+from .fitting import fit_early_stopped
 
 __all__ = ["ShiftedTime", "grid_from_logits", "logits_of_grid", "learn_steps", "LearnedSteps", "STEPS_DEFAULTS",
            "LOSSES", "OPTIMIZERS", "INITS", "check_options"]
@@ -224,55 +226,42 @@ def learn_steps(
     scale2 = max((o["huber_scale"] ** 2) * float(e_start.mean()), 1e-300)  # c^2, c = huber_scale * start RMSE
     loss_fn = training_loss(o["loss"], o["cvar_alpha"], scale2)
 
-    best = validation(start, torch.zeros(steps + 1, dtype=torch.float64))
-    loss_start = best
-    best_state = (logits.detach().clone(), raw.detach().clone())
-    best_epoch, since, iterations = 0, 0, 0
-    train_history: List[float] = []
-    validation_history: List[float] = [best]
-    for epoch in range(1, o["epochs"] + 1):
-        order = torch.randperm(n, generator=gen, device=gen.device).to(x_cal.device)
-        total, count = 0.0, 0
-        for lo in range(0, n, batch):
-            rows = order[lo: lo + batch]
-            ts, offsets = current(detach=False)
-            if not bool((ts.detach()[1:] < ts.detach()[:-1]).all()):
-                break  # round-off merged two times: the epoch ends, the best state stays
-            x_T = x_cal[rows]
-            if radius > 0:
-                u = unit[rows]
-                norm = u.flatten(1).norm(dim=1).clamp(min=1.0).reshape(-1, *[1] * (u.ndim - 1))
-                x_T = x_T + radius * u / norm  # projected onto the ball
-            try:
-                loss = loss_fn(errors(x_T, y_cal[rows], ts, offsets, grad=True))
-            except NonFiniteError:
-                break
-            if not bool(torch.isfinite(loss)):
-                break
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            decay.step()
-            iterations += 1
-            total, count = total + float(loss.detach()) * len(rows), count + len(rows)
-        train_history.append(total / count if count else math.inf)
-        value = validation(*current(detach=True))
-        validation_history.append(value)
-        if value < best:
-            best, best_epoch, since = value, epoch, 0
-            best_state = (logits.detach().clone(), raw.detach().clone())
-        else:
-            since += 1
-            if since >= o["patience"]:
-                break
+    def step(rows: torch.Tensor) -> Optional[float]:
+        ts, offsets = current(detach=False)
+        if not bool((ts.detach()[1:] < ts.detach()[:-1]).all()):
+            return None  # round-off merged two times: the epoch ends, the best state stays
+        x_T = x_cal[rows]
+        if radius > 0:
+            u = unit[rows]
+            norm = u.flatten(1).norm(dim=1).clamp(min=1.0).reshape(-1, *[1] * (u.ndim - 1))
+            x_T = x_T + radius * u / norm  # projected onto the ball
+        try:
+            loss = loss_fn(errors(x_T, y_cal[rows], ts, offsets, grad=True))
+        except NonFiniteError:
+            return None
+        if not bool(torch.isfinite(loss)):
+            return None
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        decay.step()
+        return float(loss.detach())
+
+    def evaluate():
+        return validation(*current(detach=True)), (logits.detach().clone(), raw.detach().clone())
+
+    start_state = (logits.detach().clone(), raw.detach().clone())
+    fit = fit_early_stopped(step, evaluate, (validation(start, torch.zeros(steps + 1, dtype=torch.float64)),
+                                             start_state), n, batch, o["epochs"], o["patience"], gen, x_cal.device)
+    best_state = fit.state
     with torch.no_grad():
         logits.copy_(best_state[0])
         raw.copy_(best_state[1])
     ts, offsets = current(detach=True)
-    if best_epoch == 0:  # nothing beat the start: it is returned bit for bit
+    if fit.best_epoch == 0:  # nothing beat the start: it is returned bit for bit
         ts, offsets = start.clone(), torch.zeros_like(offsets)
-    return LearnedSteps(ts, [float(v) for v in offsets] if o["offsets"] else [], loss_start, best, best_epoch,
-                        train_history, validation_history, iterations)
+    return LearnedSteps(ts, [float(v) for v in offsets] if o["offsets"] else [], fit.loss_start, fit.loss,
+                        fit.best_epoch, fit.train_history, fit.validation_history, fit.iterations)
 
 
 def training_loss(name: str, alpha: float, scale2: float) -> Callable[[torch.Tensor], torch.Tensor]:
