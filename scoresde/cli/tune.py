@@ -39,18 +39,12 @@ def method_options() -> Dict[str, FrozenSet[str]]:
             "coefficients": frozenset(COEFFICIENTS_DEFAULTS), "nelder-mead": frozenset(("max_evals", "knots"))}
 
 
-def tunable_solvers():
-    """The solvers a grid can be tuned for: every fixed-step ODE solver."""
-    from ..solvers import available, get
-
-    return [name for name in available("ode") if not get(name).adaptive]
-
-
 def add(command) -> None:
     from ..data.problems import PROBLEMS
     from ..solvers import DEFAULT_SOLVER
     from ..tuning import LOSSES, METHODS
     from ..tuning.api import DEFAULT_VALIDATION
+    from ..tuning.schedule import fixed_step_ode_solvers
     from ..tuning.steps import INITS, OPTIMIZERS
 
     owners = method_options()
@@ -67,7 +61,7 @@ def add(command) -> None:
     p.add_argument("--ckpt", default=None, help="a Trainer checkpoint of a score model: tune for it instead of "
                                                 "--problem (its teachers: the model's own solve)")
     p.add_argument("--weights", default="ema", choices=WEIGHTS, help="weights of the --ckpt model")
-    p.add_argument("--solver", default=DEFAULT_SOLVER, help="fixed-step ODE solver: " + ", ".join(tunable_solvers()))
+    p.add_argument("--solver", default=DEFAULT_SOLVER, help="fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()))
     int_flag(p, "--nfe", high=1000, why="each step is a free time of the search", default=10, help="NFE budget")
     p.add_argument("--options", default=None,
                    help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
@@ -136,7 +130,9 @@ def _solver(args: argparse.Namespace) -> str:
     """--solver, refused unless it is a fixed-step ODE solver whose step fits --nfe."""
     from ..solvers import get
 
-    tunable = tunable_solvers()
+    from ..tuning.schedule import fixed_step_ode_solvers
+
+    tunable = fixed_step_ode_solvers()
     try:
         info = get(args.solver)
     except ValueError:

@@ -23,7 +23,7 @@ from ..solvers.learned import LEARNED, NATIVE
 from . import coefficients as _coefficients
 from . import gits as _gits
 from . import steps as _steps
-from .schedule import MIN_CALIBRATION, optimize
+from .schedule import MIN_CALIBRATION, fixed_step_ode_solvers, optimize
 from .teacher import teacher
 from .tuned import TunedSampler, model_fingerprint
 
@@ -88,8 +88,7 @@ def tune(
     sde = model.sde
     info = get(solver)
     if info.kind != "ode" or info.adaptive:
-        fixed_step = [s for s in _ode_solvers() if not get(s).adaptive]
-        raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(fixed_step), solver)
+        raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()), solver)
     solver_options = dict(solver_options or {})
     steps = info.steps_for_nfe(nfe, solver_options)
     t_end = check_end(sde, t_end)
@@ -377,9 +376,3 @@ def _validation(sde, validation, x_cal: torch.Tensor, generator) -> torch.Tensor
         return x_val.to(device=x_cal.device)
     count = _checks.integer("validation", validation, low=1)
     return sde.prior_sample((count, *x_cal.shape[1:]), generator=generator, dtype=x_cal.dtype, device=x_cal.device)
-
-
-def _ode_solvers() -> List[str]:
-    from ..solvers import available
-
-    return available("ode")

@@ -19,7 +19,7 @@ from ..schedules import SCHEDULES, check_end, get_schedule
 from ..sde import SDE, AffineSDE
 from ..solvers import NonFiniteError, available, get, reference_solve, sample
 
-__all__ = ["optimize", "OptimizedSchedule", "MIN_CALIBRATION"]
+__all__ = ["optimize", "OptimizedSchedule", "MIN_CALIBRATION", "fixed_step_ode_solvers"]
 
 #: fewest calibration samples `optimize` accepts: below this the terminal error of a batch is
 #: too noisy an estimate of the expected error for a grid of up to ~20 free times to be fitted
@@ -155,7 +155,7 @@ def optimize(
                            type(reference_options).__name__)
     info = get(solver)
     if info.kind != "ode" or info.adaptive:
-        raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(_fixed_step_ode_solvers()), solver)
+        raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()), solver)
     _checks.affine(sde, "optimize")
     steps = info.steps_for_nfe(nfe)
     t_end = check_end(sde, t_end)
@@ -257,5 +257,6 @@ def _calibration_noise(sde: SDE, shape, x_T, generator, dtype, device) -> torch.
     return sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
 
 
-def _fixed_step_ode_solvers() -> List[str]:
+def fixed_step_ode_solvers() -> List[str]:
+    """The solvers a grid can be tuned for: every registered fixed-step ODE solver."""
     return [s for s in available("ode") if not get(s).adaptive]
