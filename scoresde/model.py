@@ -11,7 +11,7 @@ from typing import Callable, Tuple, Union
 import torch
 
 from . import _checks
-from ._utils import Time, expand_as_batch
+from ._utils import Time, expand_as_batch, tensor_bytes
 from .sde import SDE, AffineSDE
 
 __all__ = ["ScoreModel", "PREDICTIONS", "TIME_INPUTS", "fingerprint"]
@@ -219,9 +219,8 @@ def fingerprint(model: ScoreModel) -> str:
         digest.update(f"function:{getattr(net, '__qualname__', type(net).__qualname__)}|".encode())
         tensors = []
     for name, tensor in tensors:
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()[:16]
 
 

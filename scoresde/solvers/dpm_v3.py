@@ -32,6 +32,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from .. import _checks
+from .._utils import tensor_bytes
 from ..model import ScoreModel, fingerprint
 from ..sde import SDE
 from ._loop import LOWER_ORDER_FINAL_BELOW, Loop, as_float, multistep_order
@@ -147,9 +148,8 @@ class ModelStatistics:
 def _digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().to("cpu").contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(t))
     return h.hexdigest()[:16]
 
 

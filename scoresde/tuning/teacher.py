@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from .. import _checks, _dist
+from .._utils import tensor_bytes
 from ..model import ScoreModel
 from ..schedules import validate
 from ..solvers import REFERENCE_OPTIONS, NonFiniteError, reference_solve
@@ -130,7 +131,7 @@ def _solve(model: ScoreModel, x: torch.Tensor, times: torch.Tensor, options: Map
 
 # ---- the cache ------------------------------------------------------------------------------
 def _cache_key(model, x_T: torch.Tensor, times: torch.Tensor, options, batch_size: int, world: int) -> str:
-    noise = hashlib.sha256(x_T.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    noise = _digest(x_T)
     text = json.dumps(dict(model=model_fingerprint(model), sde=model.sde.fingerprint(), noise=noise,
                            dtype=str(x_T.dtype), shape=list(x_T.shape), times=[repr(t) for t in times.tolist()],
                            options=repr(sorted(options.items())), batch_size=batch_size, world=world), sort_keys=True)
@@ -138,7 +139,7 @@ def _cache_key(model, x_T: torch.Tensor, times: torch.Tensor, options, batch_siz
 
 
 def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(tensor_bytes(t)).hexdigest()
 
 
 def _read_cache(path: Path, key: str, shape, dtype) -> Optional[torch.Tensor]:
