@@ -187,24 +187,24 @@ def schedule_file(path: str):
     """--schedule-file's OptimizedSchedule; its times are checked by sample() before it starts."""
     from ..tuning import OptimizedSchedule
 
-    accepted = "a JSON file written by `scoresde schedule optimize`"
-    input_file("--schedule-file", path, accepted[2:])
-    try:
-        return OptimizedSchedule.load(path)
-    except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, or fields of the wrong types
-        raise refuse("--schedule-file", accepted, path, f"{type(err).__name__}: {err}") from None
+    return _saved_file("--schedule-file", path, OptimizedSchedule, "scoresde schedule optimize")
 
 
-def tuned_file(path: str, flag: str = "--tuned"):
-    """`flag`'s TunedSampler (a file of `scoresde tune`, or of `scoresde schedule optimize`),
-    refused before any work if it is missing or is no such file."""
+def tuned_file(path: str):
+    """--tuned's TunedSampler (a file of `scoresde tune`, or of `scoresde schedule optimize`)."""
     from ..tuning import TunedSampler
 
-    accepted = "a JSON file written by `scoresde tune`"
+    return _saved_file("--tuned", path, TunedSampler, "scoresde tune")
+
+
+def _saved_file(flag: str, path: str, cls, command: str):
+    """`cls.load(path)` for `flag`, refused before any work if the file is missing or is not one
+    that `command` writes."""
+    accepted = f"a JSON file written by `{command}`"
     input_file(flag, path, accepted[2:])
     try:
-        return TunedSampler.load(path)
-    except (ValueError, TypeError, KeyError) as err:  # not JSON, not a tuned sampler, or fields of the wrong types
+        return cls.load(path)
+    except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, or fields of the wrong types
         raise refuse(flag, accepted, path, f"{type(err).__name__}: {err}") from None
 
 
