@@ -3,6 +3,10 @@ schedule on held-out noise, results are reproducible and survive JSON; teachers 
 reference solve, cached exactly and recomputed when damaged; bad input is refused up front."""
 import itertools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +260,24 @@ def test_a_tuned_sampler_runs_as_the_solver_of_sample_and_refuses_what_it_was_no
         sd.sample(model, x_T=x_T, solver=tuned, schedule="logsnr")
     with pytest.raises(ValueError, match="solver must be a registered solver name or a tuned sampler"):
         sd.sample(model, x_T=x_T, solver=3)
+
+
+def test_teachers_shard_under_torchrun_and_a_cache_hit_on_one_rank_only_solves_again(ring, tmp_path):
+    """Two gloo ranks each solve their rows and get the whole batch; where rank 0 finds the
+    file and rank 1 does not, both solve again instead of one waiting forever in the gather."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tests)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tests / "_teacher_worker.py"), str(tmp_path)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two ranks did not finish in 180 s: a rank is stuck in a collective")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "sharded.pt", weights_only=True)
+    assert got["cached"] == [False, False, True]
+    assert torch.equal(got["mixed"], got["first"]) and torch.equal(got["hit"], got["first"])
+    x_T = torch.randn(6, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    single = tuning.teacher(ring[1], x_T, torch.tensor([1.0, 0.5, 1e-3], dtype=torch.float64))
+    # each rank's 3 rows share one adaptive step size: not the 6-row solve's steps, its tolerance
+    assert torch.allclose(got["first"], single.states, atol=1e-8, rtol=0)

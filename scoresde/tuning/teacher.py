@@ -69,7 +69,8 @@ def teacher(
     the whole result. cache_dir: keep the result in a safetensors file keyed by the model's and
     the SDE's fingerprints, the bytes of x_T, the times, the options, the batch size and the
     world size; a hit returns the stored tensors and spends no evaluation, a damaged file is
-    recomputed and replaced.
+    recomputed and replaced. Under torchrun it is a hit only where every rank reads the file:
+    otherwise every rank solves its rows again and rank 0 rewrites it.
     """
     if not isinstance(model, ScoreModel):
         raise _checks.fail("model", "a scoresde.ScoreModel", type(model).__name__)
@@ -92,7 +93,9 @@ def teacher(
         key = _cache_key(model, x_T, times, options, batch_size, shards.world)
         path = Path(cache_dir) / f"teacher-{key[:32]}.safetensors"
         stored = _read_cache(path, key, (len(times), *x_T.shape), x_T.dtype)
-        if stored is not None:
+        # hit or solve together: a rank that read the file while another rank (still waiting for
+        # rank 0's write) missed it would skip the gather the others wait in
+        if shards.all_ok(stored is not None, x_T.device):
             return Teacher(stored.to(x_T.device), times, 0, cached=True)
     nfe_start = model.nfe
     mine = x_T[shards.lo: shards.hi]
