@@ -52,6 +52,7 @@ from scoresde import schedules
 from scoresde.bench import Problem, analytic_problem, digits_problem
 from scoresde.metrics import sliced_wasserstein
 from scoresde.tuning import teacher
+from scoresde.tuning.schedule import endpoint_rmse
 
 MIXTURES = ["ring2d/vp", "ring2d/edm", "gmm16d/vp", "gmm16d/edm", "gmm64d/vp", "gmm64d/edm"]
 ALL_NFES = [4, 5, 6, 8, 10, 20]
@@ -180,9 +181,7 @@ class _Bench:
     def rmse_on(self, batch: str, **sample_kwargs) -> float:
         """RMSE on the "validation" or "selection" batch."""
         x_T, ref = (self.x_val, self.ref_val) if batch == "validation" else (self.x_sel, self.ref_sel)
-        x = sd.sample(self.model, x_T=x_T, **sample_kwargs).x
-        value = float((x.to(torch.float64) - ref.to(torch.float64)).square().mean().sqrt())
-        return value if math.isfinite(value) else math.inf
+        return endpoint_rmse(self.model, x_T, ref, **sample_kwargs)
 
 
 def run_problem(name: str, args, results: dict, path: Path) -> None:

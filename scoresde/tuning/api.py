@@ -18,12 +18,12 @@ import torch
 from .. import _checks
 from ..model import ScoreModel
 from ..schedules import SCHEDULES, check_end
-from ..solvers import DEFAULT_SOLVER, NonFiniteError, get, sample
+from ..solvers import DEFAULT_SOLVER, get
 from ..solvers.learned import LEARNED, NATIVE
 from . import coefficients as _coefficients
 from . import gits as _gits
 from . import steps as _steps
-from .schedule import MIN_CALIBRATION, fixed_step_ode_solvers, optimize
+from .schedule import MIN_CALIBRATION, endpoint_rmse, fixed_step_ode_solvers, optimize
 from .teacher import teacher
 from .tuned import TunedSampler, model_fingerprint
 
@@ -123,7 +123,7 @@ def tune(
                 model_fingerprint=model_fingerprint(model), solver_options=solver_options, start=start,
                 loss_start=fixed[start], calibration=x_cal.shape[0], validation=x_val.shape[0])
     candidate = TunedSampler(times=found.times, **{**base, **found.fields})  # fields may name another solver
-    loss = _sampler_rmse(model, x_val, reference, candidate)  # exactly what sample(solver=tuned) gives
+    loss = endpoint_rmse(model, x_val, reference, solver=candidate)  # exactly what sample(solver=tuned) gives
     kept = not loss < fixed[start]
     chosen = TunedSampler(times=setting.start_times, **base) if kept else candidate
     return dataclasses.replace(
@@ -287,21 +287,7 @@ def _check_steps(setting: _Setting) -> None:
 
 
 def _rmse(model, x_T, reference, solver, ts, solver_options) -> float:
-    try:
-        x = sample(model, x_T=x_T, solver=solver, schedule=ts, **solver_options).x
-    except NonFiniteError:
-        return math.inf
-    value = float((x.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
-    return value if math.isfinite(value) else math.inf
-
-
-def _sampler_rmse(model, x_T, reference, tuned: TunedSampler) -> float:
-    try:
-        x = sample(model, x_T=x_T, solver=tuned).x
-    except NonFiniteError:
-        return math.inf
-    value = float((x.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
-    return value if math.isfinite(value) else math.inf
+    return endpoint_rmse(model, x_T, reference, solver=solver, schedule=ts, **solver_options)
 
 
 def _nelder_mead_options(given: Dict[str, object], sde) -> Dict[str, object]:

@@ -19,7 +19,7 @@ from ..schedules import SCHEDULES, check_end, get_schedule
 from ..sde import SDE, AffineSDE
 from ..solvers import NonFiniteError, available, get, reference_solve, sample
 
-__all__ = ["optimize", "OptimizedSchedule", "MIN_CALIBRATION", "fixed_step_ode_solvers"]
+__all__ = ["optimize", "OptimizedSchedule", "MIN_CALIBRATION", "fixed_step_ode_solvers", "endpoint_rmse"]
 
 #: fewest calibration samples `optimize` accepts: below this the terminal error of a batch is
 #: too noisy an estimate of the expected error for a grid of up to ~20 free times to be fitted
@@ -83,6 +83,17 @@ class OptimizedSchedule:
                              + "; ".join(f"{what} {', '.join(sorted(keys))}" for what, keys in
                                          (("it lacks", missing), ("unknown keys", unknown)) if keys))
         return cls(**{**data, "times": torch.tensor(data["times"], dtype=torch.float64)})
+
+
+def endpoint_rmse(model: ScoreModel, x_T: torch.Tensor, reference: torch.Tensor, **sample_kwargs) -> float:
+    """RMSE (float64) of `sample(model, x_T=x_T, **sample_kwargs)`'s endpoints against
+    `reference`; inf where the solve or the error is not finite."""
+    try:
+        x = sample(model, x_T=x_T, **sample_kwargs).x
+    except NonFiniteError:
+        return math.inf
+    value = float((x.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
+    return value if math.isfinite(value) else math.inf
 
 
 def optimize(
@@ -176,15 +187,8 @@ def optimize(
     history: List[float] = []
 
     def rmse(ts: torch.Tensor) -> float:
-        try:
-            x = sample(model, x_T=x_T, solver=solver, schedule=ts).x
-        except NonFiniteError:
-            value = math.inf
-        else:
-            value = float((x.to(torch.float64) - reference).square().mean().sqrt())
-            value = value if math.isfinite(value) else math.inf
-        history.append(value)
-        return value
+        history.append(endpoint_rmse(model, x_T, reference, solver=solver, schedule=ts))
+        return history[-1]
 
     fixed = {name: rmse(SCHEDULES[name](sde, steps, t_end)) for name in SCHEDULES}
     start = min(fixed, key=fixed.get)
