@@ -190,3 +190,20 @@ def test_tune_with_method_coefficients_returns_a_learned_multistep_sampler_that_
     x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert sd.sample(model, x_T=x_T, solver=tuned).nfe == 6
     assert tuned.loss <= tuned.loss_start
+
+
+def test_method_coefficients_starts_from_the_initial_grid_it_is_told_and_from_zero_residuals():
+    """init="nelder-mead": with no epochs, the weights are the solver's own on optimize's grid,
+    so the tuned sampler runs that grid, and its calibration RMSE is the one optimize found."""
+    mixture = sd.data.GaussianMixture.ring()
+    model = mixture.score_model(sd.VPSDE())
+    x_cal = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    tuned = sd.tune(model, 6, method="coefficients", solver="dpm++2m", x_T=x_cal, validation=32,
+                    generator=torch.Generator().manual_seed(0), init="nelder-mead", epochs=0)
+    assert tuned.details["init_grid"] == "nelder-mead"
+    grid = sd.tuning.optimize(model, model.sde, "dpm++2m", 6, x_T=x_cal,
+                              reference=sd.tuning.teacher(model, x_cal).x).times
+    assert not tuned.kept_start  # on this ring optimize's grid beats every fixed one (0.017 vs 0.070)
+    assert torch.equal(tuned.times, grid)
+    assert tuned.details["init_calibration"]["nelder-mead"] == pytest.approx(
+        sd.tuning.optimize(model, model.sde, "dpm++2m", 6, x_T=x_cal).loss, rel=1e-9)

@@ -166,12 +166,15 @@ def test_a_general_sde_is_refused():
     assert general.nfe == 0
 
 
-def test_gits_initialization_is_taken_where_it_fits_calibration_better():
+def test_the_initial_grid_that_fits_calibration_best_is_taken():
     tuned = tune(epochs=0, init="best")
     cal = tuned.details["init_calibration"]
-    assert set(cal) == {"gits", "start"}
-    assert tuned.details["init_grid"] == ("gits" if cal["gits"] < cal["start"] else "start")
+    assert set(cal) == {"gits", "start", "nelder-mead"}
+    assert tuned.details["init_grid"] == min(cal, key=cal.get)
+    assert cal["nelder-mead"] <= cal["start"]  # optimize starts from the fixed schedules
     assert math.isfinite(tuned.loss)
+    alone = tune(epochs=0, init="nelder-mead")
+    assert alone.details["init_grid"] == "nelder-mead" and set(alone.details["init_calibration"]) == {"nelder-mead"}
 
 
 def test_the_shared_fitting_loop_keeps_the_validation_best_and_stops_after_patience():

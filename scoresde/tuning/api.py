@@ -210,27 +210,45 @@ def _tune_gits(setting: _Setting) -> _Found:
 def _tune_nelder_mead(setting: _Setting) -> _Found:
     cal = setting.teacher(setting.x_cal)
     found = optimize(setting.model, setting.model.sde, setting.solver, setting.nfe, x_T=setting.x_cal,
-                     t_end=setting.t_end, reference=cal.x, dtype=setting.x_cal.dtype, **setting.options)
+                     t_end=setting.t_end, reference=cal.x, dtype=setting.x_cal.dtype,
+                     solver_options=setting.solver_options, **setting.options)
     details = dict(setting.options, calibration_start=found.start, calibration_loss=found.loss)
     return _Found(found.times, list(found.loss_history), details)
 
 
+def _initial_grid(setting: _Setting, y_cal: torch.Tensor):
+    """The initial grid of a gradient-trained method by its option init (`steps.INITS`):
+    (its name, the grid, the calibration RMSE of each candidate measured)."""
+    model, init = setting.model, setting.options["init"]
+    rmse = {}
+
+    def measure(ts: torch.Tensor) -> float:
+        return _rmse(model, setting.x_cal, y_cal, setting.solver, ts, setting.solver_options)
+
+    grids = {"start": setting.start_times}
+    if init in ("gits", "best"):
+        gits_setting = dataclasses.replace(setting, options=_gits_options({}, model.sde))
+        found, history, _ = _gits_grids(gits_setting, gits_setting.options["coeff"])
+        grids["gits"] = found[min(range(len(found)), key=lambda j: history[j]) if len(found) > 1 else 0]
+    if init == "nelder-mead" or (init == "best" and setting.x_cal.shape[0] >= MIN_CALIBRATION):
+        grids["nelder-mead"] = optimize(model, model.sde, setting.solver, setting.nfe, x_T=setting.x_cal,
+                                        t_end=setting.t_end, reference=y_cal, dtype=setting.x_cal.dtype,
+                                        solver_options=setting.solver_options).times
+    if init != "best":
+        if init != "start":
+            rmse[init] = measure(grids[init])
+        return init, grids[init], rmse
+    rmse = {name: measure(ts) for name, ts in grids.items()}
+    name = min(rmse, key=rmse.get)
+    return name, grids[name], rmse
+
+
 def _tune_steps(setting: _Setting) -> _Found:
-    """LD3 (`scoresde.tuning.steps.learn_steps`) from the start, or from GITS' grid (its
-    defaults) where that fits the calibration batch better (init 'gits' or 'best')."""
+    """LD3 (`scoresde.tuning.steps.learn_steps`) from the initial grid its option init names
+    (`_initial_grid`)."""
     model, o = setting.model, setting.options
     y_cal = setting.teacher(setting.x_cal).x
-    init, start = "start", setting.start_times
-    init_rmse = {}
-    if o["init"] != "start":
-        gits_setting = dataclasses.replace(setting, options=_gits_options({}, model.sde))
-        grids, history, _ = _gits_grids(gits_setting, gits_setting.options["coeff"])
-        k = min(range(len(grids)), key=lambda j: history[j]) if len(grids) > 1 else 0
-        init_rmse["gits"] = _rmse(model, setting.x_cal, y_cal, setting.solver, grids[k], setting.solver_options)
-        if o["init"] == "best":
-            init_rmse["start"] = _rmse(model, setting.x_cal, y_cal, setting.solver, start, setting.solver_options)
-        if o["init"] == "gits" or init_rmse["gits"] < init_rmse["start"]:
-            init, start = "gits", grids[k]
+    init, start, init_rmse = _initial_grid(setting, y_cal)
     nfe_before = model.nfe
     learned = _steps.learn_steps(model, setting.solver, start, setting.x_cal, y_cal, setting.x_val,
                                  setting.reference, o, setting.solver_options, setting.generator)
@@ -244,13 +262,16 @@ def _tune_steps(setting: _Setting) -> _Found:
 
 
 def _tune_coefficients(setting: _Setting) -> _Found:
-    """`learned-multistep` weights (and grid) learned from the solver's own on the start grid
-    (`scoresde.tuning.coefficients.learn_coefficients`); the sampler runs `learned-multistep`."""
+    """`learned-multistep` weights (and grid) learned from the solver's own on the initial grid
+    its option init names (`scoresde.tuning.coefficients.learn_coefficients`); the sampler runs
+    `learned-multistep`."""
     y_cal = setting.teacher(setting.x_cal).x
+    init, start, init_rmse = _initial_grid(setting, y_cal)
     learned = _coefficients.learn_coefficients(
-        setting.model, setting.solver, setting.start_times, setting.x_cal, y_cal, setting.x_val, setting.reference,
+        setting.model, setting.solver, start, setting.x_cal, y_cal, setting.x_val, setting.reference,
         setting.options, setting.solver_options, setting.generator)
-    details = {**setting.options, "init_solver": setting.solver, "init_validation": learned.loss_start,
+    details = {**setting.options, "init_solver": setting.solver, "init_grid": init, "init_calibration": init_rmse,
+               "init_validation": learned.loss_start,
                "best_epoch": learned.best_epoch, "iterations": learned.iterations,
                "train_history": learned.train_history, "training_nfe": learned.nfe}
     return _Found(learned.times, learned.validation_history, details,

@@ -12,6 +12,11 @@ widened to `history` entries where asked. The grid is the one of method "steps":
 increments proportional to softmax(logits), the ends fixed. The penalty reg * mean(u^2, v^2)
 pulls the weights back toward the known solver's.
 
+Initial grid. By option init, as method "steps": by default the one of the best fixed schedule,
+GITS' grid and `optimize`'s Nelder-Mead grid with the lowest calibration RMSE. Nelder-Mead sees
+the few trajectories that end in another mode than the teacher's, which gradients cannot bring
+back; the weights then refine the bulk (benchmarks/learned_samplers.py measures both).
+
 Training. Adam on mini-batches of calibration pairs (x_T, teacher endpoint), validation RMSE
 after every epoch; the parameters best on validation are kept (the start counts: a run that
 never beats it returns it exactly), training stops after `patience` epochs without a new best
@@ -33,7 +38,7 @@ from ..solvers import Grid, NonFiniteError, get, sample
 from ..solvers._loop import as_float
 from ..solvers.learned import LEARNED, NATIVE, Coefficients, coefficients_of
 from .fitting import fit_early_stopped
-from .steps import LOSSES, grid_from_logits, logits_of_grid, training_loss
+from .steps import INITS, LOSSES, grid_from_logits, logits_of_grid, training_loss
 
 __all__ = ["COEFFICIENTS_DEFAULTS", "LOSSES", "LearnedCoefficients", "check_options", "learn_coefficients",
            "tune_coefficients", "LEARNED"]
@@ -41,9 +46,10 @@ __all__ = ["COEFFICIENTS_DEFAULTS", "LOSSES", "LearnedCoefficients", "check_opti
 #: the losses of per-sample endpoint errors (as method "steps")
 #: method "coefficients"' settings (module docstring): lr the Adam step on the residuals,
 #: lr_grid on the grid's logits (0: the start grid stays), epochs of ceil(B / batch_size)
-#: iterations, history None (the initial solver's rows) or the row length to widen them to
+#: iterations, history None (the initial solver's rows) or the row length to widen them to,
+#: init the initial grid (as method "steps"': INITS)
 COEFFICIENTS_DEFAULTS = dict(lr=0.005, lr_grid=0.005, epochs=120, batch_size=64, patience=15, loss="mse",
-                             huber_scale=0.5, cvar_alpha=0.2, reg=1e-4, history=None, consistent=True)
+                             huber_scale=0.5, cvar_alpha=0.2, reg=1e-4, history=None, consistent=True, init="best")
 
 
 def check_options(given: Mapping[str, object], sde) -> Dict[str, object]:
@@ -55,6 +61,7 @@ def check_options(given: Mapping[str, object], sde) -> Dict[str, object]:
     _checks.affine(sde, "method='coefficients' (an exponential-integrator family in log-SNR)")
     o = {**COEFFICIENTS_DEFAULTS, **given}
     o["loss"] = _checks.choice("loss", o["loss"], LOSSES)
+    o["init"] = _checks.choice("init", o["init"], INITS)
     o["lr"] = _checks.real("lr", o["lr"], low=0, open_low=True)
     o["lr_grid"] = _checks.real("lr_grid", o["lr_grid"], low=0)
     o["epochs"] = _checks.integer("epochs", o["epochs"], low=0)

@@ -111,6 +111,7 @@ def optimize(
     reference_options: Optional[Dict[str, object]] = None,
     dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device, None] = None,
+    solver_options: Optional[Mapping[str, object]] = None,
     **renamed,
 ) -> OptimizedSchedule:
     """The time grid for `solver` at `nfe` evaluations that minimizes the terminal RMSE against
@@ -137,6 +138,7 @@ def optimize(
             evaluations. knots: fewer free parameters (>= 2; None: one per step) for a
             cheaper search and a smoother grid. reference: the reference terminal states,
             (B, *data_shape), if already solved; else `reference_solve` with `reference_options`.
+        solver_options: the solver's options (they may change its evaluations per step).
 
     Returns an OptimizedSchedule; its `cost_nfe` is the counted cost of the whole search.
 
@@ -168,7 +170,8 @@ def optimize(
     if info.kind != "ode" or info.adaptive:
         raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()), solver)
     _checks.affine(sde, "optimize")
-    steps = info.steps_for_nfe(nfe)
+    solver_options = dict(solver_options or {})
+    steps = info.steps_for_nfe(nfe, solver_options)
     t_end = check_end(sde, t_end)
     if knots is not None:
         knots = _checks.integer("knots (None: one per step)", knots, low=2)
@@ -187,7 +190,7 @@ def optimize(
     history: List[float] = []
 
     def rmse(ts: torch.Tensor) -> float:
-        history.append(endpoint_rmse(model, x_T, reference, solver=solver, schedule=ts))
+        history.append(endpoint_rmse(model, x_T, reference, solver=solver, schedule=ts, **solver_options))
         return history[-1]
 
     fixed = {name: rmse(SCHEDULES[name](sde, steps, t_end)) for name in SCHEDULES}

@@ -39,9 +39,12 @@ __all__ = ["ShiftedTime", "grid_from_logits", "logits_of_grid", "learn_steps", "
 #: the losses of per-sample endpoint errors, the optimizers, and the initializations
 LOSSES = ("mse", "huber", "cvar")
 OPTIMIZERS = ("adam", "rmsprop")
-#: "start": the best fixed schedule on validation; "gits": GITS' grid; "best": the one of the
-#: two with the lower calibration RMSE
-INITS = ("best", "start", "gits")
+#: the initial grid of the gradient-trained methods: "start": the best fixed schedule on
+#: validation; "gits": GITS' grid; "nelder-mead": `optimize`'s grid on the calibration batch
+#: (derivative-free, so it sees the trajectories that end in another mode, which gradients
+#: cannot move back); "best": the one of them with the lowest calibration RMSE (nelder-mead
+#: only where the calibration batch has MIN_CALIBRATION noises)
+INITS = ("best", "start", "gits", "nelder-mead")
 #: method "steps"' settings (see the module docstring); epochs of ceil(B / batch_size)
 #: iterations each, lr the optimizer's step on logits and offsets (and on the slack's unit-ball
 #: coordinates; offset_lr times it on the offsets), decayed along a cosine to lr_final * lr at
