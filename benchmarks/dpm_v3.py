@@ -18,6 +18,12 @@ median row error), and the same comparison on the rows that are no pair's outlie
 
     OMP_NUM_THREADS=1 python benchmarks/dpm_v3.py --problems gmm16d/ve gmm64d/ve --nfe 20
 (a subset writes dpm_v3_subset.{json,png})
+
+Chosen on other noise (`selected`): the best of each side picked on the same held-out rows it is
+scored on favours the side with more candidates (24 other pairs against 4 schedules), since a
+few rows decide each RMSE. So each cell also picks the best other pair and v3's configuration
+(of V3_SELECT: every schedule, with and without the pseudo-order steps) on a selection batch
+(seed + 1, --select rows) and compares the two choices on the held-out rows.
 """
 import argparse
 import json
@@ -36,7 +42,10 @@ SCHEDULES = ("uniform", "quadratic", "logsnr", "karras")
 #: DPM-Solver-v3 with default options on each schedule, then option variants (investigation)
 V3 = {**{f"v3/{schedule}": ({}, schedule) for schedule in SCHEDULES},
       "v3/logsnr/history3": ({"history": 3}, "logsnr"), "v3/quadratic/history3": ({"history": 3}, "quadratic"),
-      "v3/logsnr/no-corrector": ({"corrector": False}, "logsnr"), "v3/logsnr/pseudo": ({"pseudo": True}, "logsnr")}
+      "v3/logsnr/no-corrector": ({"corrector": False}, "logsnr"),
+      **{f"v3/{schedule}/pseudo": ({"pseudo": True}, schedule) for schedule in SCHEDULES}}
+#: the configurations v3's side chooses from on the selection batch
+V3_SELECT = (*(f"v3/{schedule}" for schedule in SCHEDULES), *(f"v3/{schedule}/pseudo" for schedule in SCHEDULES))
 #: the rows compared with the best other pair: v3 on one fixed schedule, or on its best of the
 #: four (per problem and NFE, as the other pairs' best is)
 CLAIMS = ("v3/best-schedule", *(f"v3/{schedule}" for schedule in SCHEDULES))
@@ -64,7 +73,7 @@ def common_rows(rows: dict) -> dict:
     return {k: float(e[keep].square().mean().sqrt()) for k, e in rows.items()}
 
 
-def run(problems, nfes, n, seed):
+def run(problems, nfes, n, seed, n_select):
     out = {}
     for name in problems:
         start = time.perf_counter()
@@ -73,12 +82,15 @@ def run(problems, nfes, n, seed):
         x_T = problem.model.sde.prior_sample((n, *problem.shape), torch.Generator().manual_seed(seed),
                                              dtype=torch.float64)
         ref = problem.reference(x_T).x
+        x_sel = problem.model.sde.prior_sample((n_select, *problem.shape), torch.Generator().manual_seed(seed + 1),
+                                               dtype=torch.float64)
+        ref_sel = problem.reference(x_sel).x
         t_stats = time.perf_counter()
         stats = dpm_v3.oracle_statistics(model)
         t_stats = time.perf_counter() - t_stats
         cells = {}
         for nfe in nfes:
-            row, rows = {}, {}
+            row, rows, sel = {}, {}, {}
             for solver in OTHERS:
                 for schedule in SCHEDULES:
                     steps = sd.solvers.get(solver).steps_for_nfe(nfe)
@@ -86,12 +98,19 @@ def run(problems, nfes, n, seed):
                     assert res.nfe == nfe, (solver, res.nfe)
                     row[f"{solver}/{schedule}"] = rmse(res.x, ref)
                     rows[f"{solver}/{schedule}"] = row_rmse(res.x, ref)
+                    sel[f"{solver}/{schedule}"] = rmse(sd.sample(model, x_T=x_sel, solver=solver, steps=steps,
+                                                                 schedule=schedule).x, ref_sel)
             for label, (options, schedule) in V3.items():
                 res = sd.sample(model, x_T=x_T, solver="dpm-solver-v3", steps=nfe, schedule=schedule,
                                 statistics=stats, **options)
                 assert res.nfe == nfe
                 row[label] = rmse(res.x, ref)
                 rows[label] = row_rmse(res.x, ref)
+                if label in V3_SELECT:
+                    sel[label] = rmse(sd.sample(model, x_T=x_sel, solver="dpm-solver-v3", steps=nfe,
+                                                schedule=schedule, statistics=stats, **options).x, ref_sel)
+            other_sel = min((k for k in sel if not k.startswith("v3")), key=sel.get)
+            v3_sel = min(V3_SELECT, key=sel.get)
             best = min((k for k in row if not k.startswith("v3")), key=row.get)
             v3_best = min((f"v3/{schedule}" for schedule in SCHEDULES), key=row.get)
             row["v3/best-schedule"] = row[v3_best]
@@ -99,7 +118,9 @@ def run(problems, nfes, n, seed):
             best_c = min((k for k in common if not k.startswith("v3")), key=common.get)
             v3_best_c = min((f"v3/{schedule}" for schedule in SCHEDULES), key=common.get)
             common["v3/best-schedule"] = common[v3_best_c]
-            cells[str(nfe)] = {"rmse": row, "best_other": best, "best_other_rmse": row[best],
+            cells[str(nfe)] = {"rmse": row, "selection_rmse": sel,
+                               "selected": {"other": other_sel, "v3": v3_sel, "ratio": row[v3_sel] / row[other_sel]},
+                               "best_other": best, "best_other_rmse": row[best],
                                "v3_best_schedule": v3_best.split("/")[1], "v3_rmse": row[v3_best],
                                "ratio": row[v3_best] / row[best],
                                "ratios": {k: row[k] / row[best] for k in (*CLAIMS, *V3) if k in row},
@@ -111,7 +132,9 @@ def run(problems, nfes, n, seed):
                                                     "nfe": stats.nfe, "seconds": t_stats},
                      "seconds": time.perf_counter() - start}
         print(name, " ".join(f"{k}:{c['ratio']:.3f}(v3 {c['v3_best_schedule']} vs {c['best_other']}; "
-                             f"common rows {c['common_rows']['ratios']['v3/best-schedule']:.3f})"
+                             f"common rows {c['common_rows']['ratios']['v3/best-schedule']:.3f}; "
+                             f"selected {c['selected']['v3']} vs {c['selected']['other']} "
+                             f"{c['selected']['ratio']:.3f})"
                              for k, c in cells.items()), flush=True)
     return out
 
@@ -125,6 +148,8 @@ def summary(results, nfes):
         geo[str(nfe)].update({f"{label}_common_rows": math.exp(
             sum(math.log(r["cells"][str(nfe)]["common_rows"]["ratios"][label]) for r in results.values()) / len(results))
             for label in labels})
+        geo[str(nfe)]["selected"] = math.exp(sum(math.log(r["cells"][str(nfe)]["selected"]["ratio"])
+                                                 for r in results.values()) / len(results))
     return geo
 
 
@@ -159,6 +184,7 @@ def main(argv=None):
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--n", type=int, default=None, help="samples (default 500, quick 200)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the held-out noise x_T")
+    parser.add_argument("--select", type=int, default=None, help="rows of the selection batch (default --n)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     every = [f"{p}/{s}" for p in ANALYTIC for s in BENCH_SDES]
@@ -168,15 +194,17 @@ def main(argv=None):
     problems = args.problems or (["ring2d/vp", "gmm16d/edm", "bimodal1d/ve"] if args.quick else every)
     n = args.n or (200 if args.quick else 500)
     start = time.perf_counter()
-    results = run(problems, args.nfe, n, args.seed)
+    n_select = args.select or n
+    results = run(problems, args.nfe, n, args.seed, n_select)
     geo = summary(results, args.nfe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "dpm_v3_subset" if args.problems else "dpm_v3_quick" if args.quick else "dpm_v3"
     command = "python benchmarks/dpm_v3.py" + (" --quick" if args.quick else "") + (
         " --problems " + " ".join(args.problems) if args.problems else "") + (
-        " --nfe " + " ".join(map(str, args.nfe)) if args.nfe != [5, 10, 20] else "")
-    doc = {"command": command, "flip": FLIP, "outlier": OUTLIER, "n": n, "seed": args.seed,
+        " --nfe " + " ".join(map(str, args.nfe)) if args.nfe != [5, 10, 20] else "") + (
+        f" --n {args.n}" if args.n else "") + (f" --select {args.select}" if args.select else "")
+    doc = {"command": command, "flip": FLIP, "outlier": OUTLIER, "n": n, "select": n_select, "seed": args.seed,
            "nfe": args.nfe, "others": list(OTHERS), "schedules": list(SCHEDULES),
            "v3_variants": {k: {"options": o, "schedule": s} for k, (o, s) in V3.items()},
            "oracle_statistics": dict(dpm_v3.ORACLE_STATISTICS), "geometric_mean_ratio": geo,
