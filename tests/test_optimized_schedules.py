@@ -121,8 +121,21 @@ def test_bad_input_names_the_parameter(setting):
         tuning.optimize(model, sde, "euler_maruyama", 10, shape=(64, 2))
     with pytest.raises(ValueError, match="knots .* must be an integer >= 2; got 1"):
         tuning.optimize(model, sde, SOLVER, 10, shape=(64, 2), knots=1)
+    with pytest.raises(ValueError,
+                       match="solver_options must be None or a mapping of solver 'dpm\\+\\+2m''s options; got 'list'"):
+        tuning.optimize(model, sde, SOLVER, 10, shape=(64, 2), solver_options=["order"])
     with pytest.raises(ValueError, match="strictly decreasing"):
         sd.sample(model, shape=(4, 2), solver=SOLVER, steps=None, schedule=[1.0, 0.5, 0.7, 0.001])
+
+
+def test_the_solver_options_are_the_ones_searched_with(setting):
+    """optimize tunes the grid of the solver as its options make it (here dpm++3m with a history of 2 is
+    dpm++2m), not of its defaults."""
+    sde, model, _ = setting
+    x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    as_2m = tuning.optimize(model, sde, "dpm++3m", 6, x_T=x_T, max_evals=10, solver_options={"history": 2})
+    plain = tuning.optimize(model, sde, "dpm++2m", 6, x_T=x_T, max_evals=10)
+    assert torch.equal(as_2m.times, plain.times) and as_2m.loss_history == plain.loss_history
 
 
 def test_cli_optimize_then_sample_with_the_file(tmp_path, capsys):

@@ -65,9 +65,14 @@ def tune(
         method: "gits" (dynamic programming over a fine grid with one-step costs from teacher
             trajectories; options candidates, candidate_schedule, coeff (a number or a list,
             the one whose grid fits the calibration batch best is kept), metric, cost_solver;
-            defaults GITS_DEFAULTS), "nelder-mead" (`optimize`; options max_evals, knots) or
+            defaults GITS_DEFAULTS), "nelder-mead" (`optimize`; options max_evals, knots),
             "steps" (LD3: the grid and per-step evaluation-time offsets trained by gradient
-            through the solver, see `scoresde.tuning.steps`; defaults STEPS_DEFAULTS).
+            through the solver, see `scoresde.tuning.steps`; defaults STEPS_DEFAULTS) or
+            "coefficients" (the solver's per-step weights learned with its grid, run by
+            `learned-multistep`; defaults
+            `scoresde.tuning.coefficients.COEFFICIENTS_DEFAULTS`). The two gradient-trained methods start from the grid
+            their option init names (`steps.INITS`; default the best on calibration of the
+            fixed schedule, GITS' grid and Nelder-Mead's).
         solver: a fixed-step ODE solver; the grid has the most steps whose evaluations fit nfe.
         shape: (B, *data_shape) of the calibration batch, drawn from the prior with `generator`
             in `dtype` on `device`; or x_T: the calibration noise itself (as in `sample`).

@@ -170,6 +170,9 @@ def optimize(
     if info.kind != "ode" or info.adaptive:
         raise _checks.fail("solver", "a fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()), solver)
     _checks.affine(sde, "optimize")
+    if solver_options is not None and not isinstance(solver_options, Mapping):
+        raise _checks.fail("solver_options", f"None or a mapping of solver {info.name!r}'s options",
+                           type(solver_options).__name__)
     solver_options = dict(solver_options or {})
     steps = info.steps_for_nfe(nfe, solver_options)
     t_end = check_end(sde, t_end)
