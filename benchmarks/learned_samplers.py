@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solvers", nargs="+", default=SOLVERS,
                    help="solvers each method is tuned for; 'best': the solver of the fixed pair best on validation")
     p.add_argument("--ckpt", default=None, help="the digits checkpoint (adds problem 'digits')")
+    p.add_argument("--digits-label", default="digits",
+                   help="the name the digits problem is recorded under (e.g. digits-v for another checkpoint)")
     p.add_argument("--quick", action="store_true", help="small batches, outputs *_quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="out/learned_samplers/teachers", help="teacher cache")
@@ -113,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         for name in problems:
             if name == "digits" and not args.ckpt:
                 raise SystemExit("problem digits needs --ckpt (e.g. out/digits_quick/checkpoint.pt)")
-            run_problem(name, args, results, path)
+            run_problem(args.digits_label if name == "digits" else name, args, results, path)
     results["summary"] = summary(results)
     save(results, path)
     print(table(results))
@@ -132,7 +134,7 @@ class _Bench:
     """One problem's batches, teachers and measures."""
 
     def __init__(self, name: str, args):
-        self.name, self.digits = name, name == "digits"
+        self.name, self.digits = name, name == args.digits_label
         self.problem: Problem = digits_problem(args.ckpt) if self.digits else analytic_problem(name)
         self.model, self.sde = self.problem.model, self.problem.model.sde
         kind = "digits" if self.digits else "mixture"
@@ -304,7 +306,7 @@ def summary(results: dict) -> dict:
     cells.sort(key=lambda c: (order.index(c["problem"]), c["nfe"]))
     targets = {}
     for budget, (gmean_target, worst_target) in TARGET.items():
-        ratios = [c["learned"]["ratio"] for c in cells if c["nfe"] == budget and c["problem"] != "digits"]
+        ratios = [c["learned"]["ratio"] for c in cells if c["nfe"] == budget and c["problem"] in MIXTURES]
         if ratios:
             targets[f"nfe{budget}"] = dict(
                 problems=len(ratios), geometric_mean=math.exp(sum(map(math.log, ratios)) / len(ratios)),
