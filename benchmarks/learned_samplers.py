@@ -22,7 +22,8 @@ Per (problem, NFE) cell:
   per-coordinate squared error against the teacher), median and 99th percentile of the per-sample
   RMS error, sliced W2 to exact samples (mixtures) or test digits next to its floor (two exact
   sets of the same size), for digits the Frechet distance in a digit classifier's features next to
-  its floor (real train digits of the same count against the test split), tuning cost in NFE and
+  its floor (real train digits of the same count against the test split) and the teacher's own
+  (its model's own flow, which every sampler approximates), tuning cost in NFE and
   wall seconds, validation RMSE;
 - "learned": of the methods other than nelder-mead and of the fixed pairs, the sampler with the
   lowest selection RMSE (so a cell where nothing learned beats the fixed pairs there returns the
@@ -166,6 +167,8 @@ class _Bench:
             self.fd = lambda x: classifier_frechet(self.classifier, x, self.problem.target)
             self.floor["frechet"] = self.fd(self.exact)
             self.floor["frechet_all_train"] = self.fd(x_train)
+            # the model's own limit: its probability-flow ODE solved tightly from the held-out noise
+            self.floor["frechet_teacher"] = self.fd(self.ref_held)
 
     def measure(self, x: torch.Tensor) -> Dict[str, float]:
         """Held-out errors of samples x from x_held, and their sample metrics."""
@@ -330,7 +333,9 @@ def table(results: dict) -> str:
         if "frechet_over_floor" in c["learned"]:
             lines.append(f"| {c['problem']} | {c['nfe']} | Frechet distance: learned {c['learned']['frechet']:.3g}, "
                          f"best fixed {c['best_fixed_frechet']:.3g}, floor {c['floor']['frechet']:.3g} (learned / floor "
-                         f"{c['learned']['frechet_over_floor']:.2f}) |")
+                         f"{c['learned']['frechet_over_floor']:.2f})"
+                         + (f", the teacher's {c['floor']['frechet_teacher']:.3g}" if "frechet_teacher" in c["floor"] else "")
+                         + " |")
     for key, t in s["targets"].items():
         lines.append(f"{key}: learned / best fixed geometric mean {t['geometric_mean']:.2f} (target "
                      f"{t['target_geometric_mean']}), worst {t['worst']:.2f}, losses {t['losses']}/{t['problems']}")
