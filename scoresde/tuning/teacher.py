@@ -124,9 +124,10 @@ def _solve(model: ScoreModel, x: torch.Tensor, times: torch.Tensor, options: Map
     if len(times) == 2:  # the terminal state only: exactly reference_solve
         return torch.stack([x, reference_solve(model, x, float(times[-1]), dict(options)).x])
     hi, lo = float(times[0]), float(times[-1])
-    states = odeint_in_range(lambda s, y: pf_velocity(model, y, s), x, (hi, lo), times=times,
-                             method=options.get("method", "dopri5"), rtol=options.get("rtol", 1e-5),
-                             atol=options.get("atol", 1e-5), options=options.get("options"))
+    with torch.no_grad():  # a network's parameters would otherwise keep every stage's graph (GBs)
+        states = odeint_in_range(lambda s, y: pf_velocity(model, y, s), x, (hi, lo), times=times,
+                                 method=options.get("method", "dopri5"), rtol=options.get("rtol", 1e-5),
+                                 atol=options.get("atol", 1e-5), options=options.get("options"))
     if not bool(torch.isfinite(states).all()):
         raise NonFiniteError(f"the teacher's solve from t={hi:.6g} to t={lo:.6g} turned non-finite")
     return states
