@@ -225,10 +225,11 @@ def _initial_grid(setting: _Setting, y_cal: torch.Tensor):
     """The initial grid of a gradient-trained method by its option init (`steps.INITS`):
     (its name, the grid, the calibration RMSE of each candidate measured)."""
     model, init = setting.model, setting.options["init"]
-    rmse = {}
+    known = {}  # calibration RMSEs already measured (optimize's is against this same y_cal)
 
-    def measure(ts: torch.Tensor) -> float:
-        return _rmse(model, setting.x_cal, y_cal, setting.solver, ts, setting.solver_options)
+    def measure(name: str) -> float:
+        return known[name] if name in known else _rmse(model, setting.x_cal, y_cal, setting.solver, grids[name],
+                                                       setting.solver_options)
 
     grids = {"start": setting.start_times}
     if init in ("gits", "best"):
@@ -236,14 +237,12 @@ def _initial_grid(setting: _Setting, y_cal: torch.Tensor):
         found, history, _ = _gits_grids(gits_setting, gits_setting.options["coeff"])
         grids["gits"] = found[min(range(len(found)), key=lambda j: history[j]) if len(found) > 1 else 0]
     if init == "nelder-mead" or (init == "best" and setting.x_cal.shape[0] >= MIN_CALIBRATION):
-        grids["nelder-mead"] = optimize(model, model.sde, setting.solver, setting.nfe, x_T=setting.x_cal,
-                                        t_end=setting.t_end, reference=y_cal, dtype=setting.x_cal.dtype,
-                                        solver_options=setting.solver_options).times
+        searched = optimize(model, model.sde, setting.solver, setting.nfe, x_T=setting.x_cal, t_end=setting.t_end,
+                            reference=y_cal, dtype=setting.x_cal.dtype, solver_options=setting.solver_options)
+        grids["nelder-mead"], known["nelder-mead"] = searched.times, searched.loss
     if init != "best":
-        if init != "start":
-            rmse[init] = measure(grids[init])
-        return init, grids[init], rmse
-    rmse = {name: measure(ts) for name, ts in grids.items()}
+        return init, grids[init], ({} if init == "start" else {init: measure(init)})
+    rmse = {name: measure(name) for name in grids}
     name = min(rmse, key=rmse.get)
     return name, grids[name], rmse
 
