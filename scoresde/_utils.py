@@ -29,7 +29,6 @@ def expand_as_batch(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return coef.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """A tensor's values as bytes (on the CPU, row-major), for digests of data and weights."""
     t = t.detach().to("cpu").contiguous()

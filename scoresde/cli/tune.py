@@ -61,7 +61,8 @@ def add(command) -> None:
     p.add_argument("--ckpt", default=None, help="a Trainer checkpoint of a score model: tune for it instead of "
                                                 "--problem (its teachers: the model's own solve)")
     p.add_argument("--weights", default="ema", choices=WEIGHTS, help="weights of the --ckpt model")
-    p.add_argument("--solver", default=DEFAULT_SOLVER, help="fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()))
+    p.add_argument("--solver", default=DEFAULT_SOLVER,
+                   help="fixed-step ODE solver: " + ", ".join(fixed_step_ode_solvers()))
     int_flag(p, "--nfe", high=1000, why="each step is a free time of the search", default=10, help="NFE budget")
     p.add_argument("--options", default=None,
                    help='solver options as a JSON object, e.g. \'{"history": 3}\' (not sample()\'s own arguments)')
@@ -129,7 +130,6 @@ def _options(args: argparse.Namespace) -> dict:
 def _solver(args: argparse.Namespace) -> str:
     """--solver, refused unless it is a fixed-step ODE solver whose step fits --nfe."""
     from ..solvers import get
-
     from ..tuning.schedule import fixed_step_ode_solvers
 
     tunable = fixed_step_ode_solvers()
